@@ -1,0 +1,207 @@
+"""Joining subjects (on the model) with prompts (on the conditioning) while sampling.
+
+Two ComfyUI wrappers, registered once per model whatever the number of Apply nodes:
+
+* OUTER_SAMPLE opens a ``NestedRun`` for one sampling run: caches of token positions per
+  conditioning uuid, of nested keys/values per device and dtype, and of resized masks.
+* CALC_COND_BATCH, once per model evaluation, reads the step's sigma once, notes the prompts of
+  the conditionings being evaluated, and hands a ``StepState`` to the attn2 patches.
+
+The attn2 patch then asks the StepState for the subjects of its layer and batch rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..nested_core.attention import NestedSubject, TokenPositions
+from ..nested_core.layers import LayerKey
+from .masks import mask_for_layer, rows_for_batch
+from .registry import REGISTRY_KEY, RUN_KEY, STEP_KEY, SubjectBinding
+from .tokens import PROMPT_KEY, PromptTokens, first_words, token_text
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """One conditioning entry: its context length and each binding's positions in it."""
+
+    length: int
+    positions: tuple[tuple[int, ...], ...]   # per binding index
+
+
+class NestedRun:
+    """Per-run caches; dropped when sampling ends, so device copies do not outlive the run."""
+
+    def __init__(self, registry: tuple[SubjectBinding, ...]):
+        self.registry = registry
+        self._prompts: dict[Any, Optional[PromptLayout]] = {}
+        self._layouts: dict[tuple, tuple[Optional[TokenPositions], ...]] = {}
+        self._kv: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._masks: dict[tuple, Tensor] = {}
+        self._warned: set[str] = set()
+
+    # --- prompts -------------------------------------------------------------------------
+    def note_conds(self, conds: Sequence[Optional[list[dict]]]) -> None:
+        """Record the token layout of every conditioning entry not seen yet in this run."""
+        new_positive = False
+        for index, entries in enumerate(conds):
+            for cond in entries or ():
+                uid = cond.get("uuid")
+                if uid is None or uid in self._prompts:
+                    continue
+                self._prompts[uid] = self._layout(cond, positive=index == 0)
+                new_positive |= index == 0
+        if new_positive:
+            self._warn_missing_tokens(conds[0] or ())
+
+    def _layout(self, cond: dict, positive: bool) -> Optional[PromptLayout]:
+        prompt: Optional[PromptTokens] = cond.get(PROMPT_KEY)
+        cross_attn = cond.get("model_conds", {}).get("c_crossattn")
+        length = getattr(cross_attn, "cond", None)
+        length = int(length.shape[1]) if isinstance(length, Tensor) else None
+        if prompt is None:
+            if positive:
+                self._warn_once("untracked", "a positive prompt was not encoded with 'Nested Text Encode', so "
+                                "subject tokens cannot be found in it and no subject acts there; encode prompts "
+                                "that name a subject with 'Nested Text Encode'")
+            return None
+        if length is not None and length != len(prompt.ids):
+            self._warn_once(f"length:{prompt.text}", f"the conditioning of prompt '{first_words(prompt.text)}' has "
+                            f"{length} tokens but {len(prompt.ids)} were recorded (changed by a node such as "
+                            "ConditioningConcat?); subjects are not applied to it")
+            return None
+        positions = tuple(tuple(prompt.positions(b.token_id, b.occurrence)) for b in self.registry)
+        return PromptLayout(length=len(prompt.ids), positions=positions)
+
+    def _warn_missing_tokens(self, positives: Sequence[dict]) -> None:
+        layouts = [(c, self._prompts.get(c.get("uuid"))) for c in positives]
+        tracked = [(c, layout) for c, layout in layouts if layout is not None]
+        if not tracked:
+            return
+        for index, binding in enumerate(self.registry):
+            if any(layout.positions[index] for _, layout in tracked):
+                continue
+            text = tracked[0][0][PROMPT_KEY].text
+            self._warn_once(f"missing:{index}", f"subject {binding.name}: the word '{token_text(binding.token_id)}' "
+                            f"is not in the positive prompt '{first_words(text)}', so the image is generated "
+                            "without this subject; add the word to the prompt")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("Nested Attention: %s", message)
+
+    # --- per layer -------------------------------------------------------------------------
+    def positions(self, uuids: Sequence[Any], rows_per_chunk: int, context: int,
+                  device: torch.device) -> tuple[Optional[TokenPositions], ...]:
+        """Each binding's context positions for the batch rows of one model call (None: absent)."""
+        key = (tuple(uuids), rows_per_chunk, context, device)
+        cached = self._layouts.get(key)
+        if cached is None:
+            cached = self._layouts[key] = tuple(
+                self._binding_positions(i, uuids, rows_per_chunk, context, device) for i in range(len(self.registry))
+            )
+        return cached
+
+    def _binding_positions(self, index: int, uuids: Sequence[Any], rows_per_chunk: int, context: int,
+                           device: torch.device) -> Optional[TokenPositions]:
+        per_row: list[list[int]] = []
+        for uid in uuids:
+            layout = self._prompts.get(uid)
+            found = list(layout.positions[index]) if layout is not None else []
+            if found and context % layout.length:
+                self._warn_once(f"tile:{context}:{layout.length}", f"a context of {context} tokens is not a "
+                                f"whole number of copies of a {layout.length}-token prompt; subjects skipped there")
+                found = []
+            copies = context // layout.length if found else 0
+            tiled = [p + copy * layout.length for copy in range(copies) for p in found]
+            per_row.extend([tiled] * rows_per_chunk)
+        if not any(per_row):
+            return None
+        return TokenPositions.from_lists(per_row, device)
+
+    def nested_kv(self, index: int, key: LayerKey, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        cache_key = (index, key, device, dtype)
+        cached = self._kv.get(cache_key)
+        if cached is None:
+            k, v = self.registry[index].layers[key]
+            cached = self._kv[cache_key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+        return cached
+
+    def layer_mask(self, index: int, rows_per_chunk: int, chunks: int, tokens: int, extra_options: dict,
+                   device: torch.device) -> Optional[Tensor]:
+        mask = self.registry[index].mask
+        if mask is None:
+            return None
+        cache_key = (index, rows_per_chunk, chunks, tokens, device)
+        cached = self._masks.get(cache_key)
+        if cached is None:
+            per_item = mask_for_layer(mask.to(device), tokens, extra_options)
+            cached = self._masks[cache_key] = rows_for_batch(per_item, rows_per_chunk, chunks)
+        return cached
+
+
+@dataclass(frozen=True)
+class StepState:
+    """The subjects active at this step's sigma, and the run's caches."""
+
+    run: NestedRun
+    active: tuple[int, ...]     # indices into run.registry
+
+    def subjects_for(self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict) -> list[NestedSubject]:
+        uuids = extra_options.get("uuids")
+        if not uuids:
+            return []
+        chunks = len(uuids)
+        rows_per_chunk = q.shape[0] // chunks
+        positions = self.run.positions(uuids, rows_per_chunk, k.shape[1], q.device)
+        subjects = []
+        for index in self.active:
+            binding = self.run.registry[index]
+            if positions[index] is None or layer not in binding.layers:
+                continue
+            nested_k, nested_v = self.run.nested_kv(index, layer, q.device, q.dtype)
+            mask = self.run.layer_mask(index, rows_per_chunk, chunks, q.shape[1], extra_options, q.device)
+            subjects.append(NestedSubject(nested_k, nested_v, positions[index], binding.weight, mask))
+        return subjects
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    """Give the sampling run its own NestedRun (swapped into the guider's options, then restored)."""
+    guider = executor.class_obj
+    original = guider.model_options
+    options = original.get("transformer_options", {})
+    registry = options.get(REGISTRY_KEY)
+    if not registry:
+        return executor(*args, **kwargs)
+    guider.model_options = {**original, "transformer_options": {**options, RUN_KEY: NestedRun(registry)}}
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        guider.model_options = original
+
+
+def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_options):
+    """Per model evaluation: note the prompts, read sigma once, pass a StepState to the patches."""
+    options = model_options.get("transformer_options", {})
+    registry = options.get(REGISTRY_KEY)
+    if not registry:
+        return executor(model, conds, x_in, timestep, model_options)
+    run = options.get(RUN_KEY)
+    if run is None or run.registry is not registry:
+        run = NestedRun(registry)   # called outside a guider's sample(): caches last one evaluation
+    run.note_conds(conds)
+    sigma = float(timestep.reshape(-1)[0]) if isinstance(timestep, Tensor) else float(timestep)
+    active = tuple(i for i, b in enumerate(run.registry) if b.active_at(sigma))
+    if not active:
+        return executor(model, conds, x_in, timestep, model_options)
+    step_options = {**model_options, "transformer_options": {**options, STEP_KEY: StepState(run, active)}}
+    return executor(model, conds, x_in, timestep, step_options)
+
