@@ -58,7 +58,7 @@ def prompt_tokens(tokens: dict[str, list], text: str) -> PromptTokens:
 def _tokenizer() -> Any:
     import comfy.sd1_clip
 
-    return comfy.sd1_clip.SD1Tokenizer().tokenizer
+    return comfy.sd1_clip.SDTokenizer().tokenizer  # the CLIP BPE shared by SD1.5 and both SDXL encoders
 
 
 @functools.lru_cache(maxsize=256)

@@ -38,6 +38,23 @@ def pack(comfy_base):
     return module
 
 
+@pytest.fixture(scope="session")
+def assets(pack, comfy_base):
+    """Tiny adapters (native and IP-Adapter-Plus layout) and subjects in the models folders."""
+    from nested_dev.tiny_adapters import tiny_adapter, write_tiny_adapter, write_tiny_subject
+
+    folder = comfy_base / "models"
+    for kind in ("sd15", "sdxl"):
+        for name, seed, ipa in ((f"{kind}_person.safetensors", 1, False), (f"{kind}_dog.safetensors", 2, False),
+                                (f"{kind}_ipa_plus.safetensors", 3, True)):
+            write_tiny_adapter(folder / "nested_adapters" / name, kind, seed, ip_adapter_layout=ipa)
+            adapter = tiny_adapter(kind, seed, ip_adapter_layout=ipa)
+            for number in (1, 2):
+                write_tiny_subject(folder / "nested_subjects" / name.replace(".safetensors", f"_s{number}.safetensors"),
+                                   adapter, seed=10 * seed + number)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _release_models():
     yield

@@ -45,3 +45,32 @@ def run_prompt(prompt: dict[str, dict]) -> list[tuple[str, Any]]:
             raise GraphError(data["node_id"], data["node_type"], data["exception_message"])
     assert executor.success
     return executor.status_messages
+
+
+class Graph:
+    """Builds an API-format prompt: ``g.add("KSampler", model=loader[0], seed=1, ...)``."""
+
+    def __init__(self):
+        self.prompt: dict[str, dict] = {}
+
+    def add(self, class_type: str, **inputs: Any) -> "Node":
+        node_id = str(len(self.prompt) + 1)
+        self.prompt[node_id] = {"class_type": class_type,
+                                "inputs": {k: (v.ref() if isinstance(v, Output) else v) for k, v in inputs.items()}}
+        return Node(node_id)
+
+
+class Node:
+    def __init__(self, node_id: str):
+        self.id = node_id
+
+    def __getitem__(self, index: int) -> "Output":
+        return Output(self.id, index)
+
+
+class Output:
+    def __init__(self, node_id: str, index: int):
+        self.node_id, self.index = node_id, index
+
+    def ref(self) -> list:
+        return [self.node_id, self.index]
