@@ -22,21 +22,36 @@ RECORDS: dict[str, list["Attn2Call"]] = {}
 _counter = itertools.count()
 
 
-class NestedDevTinyModels(io.ComfyNode):
-    """Random-weight stand-ins for a checkpoint loader and a CLIP vision loader."""
+class NestedDevTinyCheckpoint(io.ComfyNode):
+    """Random-weight stand-in for a checkpoint loader: same outputs (MODEL, CLIP, VAE)."""
 
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevTinyModels", display_name="Tiny random models (dev)", category="nested_attention/dev",
+            node_id="NestedDevTinyCheckpoint", display_name="Tiny random checkpoint (dev)", category="nested_attention/dev",
             inputs=[io.Combo.Input("kind", options=["sd15", "sdxl"]), io.Int.Input("seed", default=0)],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output(), io.ClipVision.Output()],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
     @classmethod
     def execute(cls, kind: str, seed: int) -> io.NodeOutput:
         return io.NodeOutput(tiny_models.build_unet(kind, seed), tiny_models.build_clip(kind, seed),
-                             tiny_models.build_vae(seed), tiny_models.build_clip_vision(seed))
+                             tiny_models.build_vae(seed))
+
+
+class NestedDevTinyCLIPVision(io.ComfyNode):
+    """Random-weight stand-in for a CLIP vision loader (ViT layout, width 48)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NestedDevTinyCLIPVision", display_name="Tiny random CLIP vision (dev)", category="nested_attention/dev",
+            inputs=[io.Int.Input("seed", default=0)], outputs=[io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        return io.NodeOutput(tiny_models.build_clip_vision(seed))
 
 
 class NestedDevCapture(io.ComfyNode):
@@ -170,7 +185,7 @@ class NestedDevForeignPatch(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-DEV_NODES = [NestedDevTinyModels, NestedDevCapture, NestedDevRecordAttn2, NestedDevForeignPatch]
+DEV_NODES = [NestedDevTinyCheckpoint, NestedDevTinyCLIPVision, NestedDevCapture, NestedDevRecordAttn2, NestedDevForeignPatch]
 
 
 def register() -> None:

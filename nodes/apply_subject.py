@@ -74,8 +74,7 @@ def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectT
                           (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper)):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
-    log.info("Nested Attention: bound subject %s (weight %.2f, %s) on %d layers", name, weight,
-             describe_occurrence(occurrence), len(layers))
+    log.info("Nested Attention: bound subject %s (weight %.2f) on %d layers", name, weight, len(layers))
     return patched
 
 

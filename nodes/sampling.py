@@ -78,6 +78,10 @@ class NestedRun:
                             "ConditioningConcat?); subjects are not applied to it")
             return None
         positions = tuple(tuple(prompt.positions(b.token_id, b.occurrence)) for b in self.registry)
+        for binding, found in zip(self.registry, positions):
+            if found:
+                log.info("Nested Attention: subject %s found at context positions %s of the %s prompt '%s'",
+                         binding.name, list(found), "positive" if positive else "negative", first_words(prompt.text))
         return PromptLayout(length=len(prompt.ids), positions=positions)
 
     def _warn_missing_tokens(self, positives: Sequence[dict]) -> None:

@@ -90,7 +90,7 @@ def test_apply_refuses_bad_inputs_before_sampling(pack, assets, inputs, message)
 
 def test_apply_refuses_an_adapter_for_another_base_model(pack, assets):
     g = Graph()
-    tiny = g.add("NestedDevTinyModels", kind="sd15", seed=0)
+    tiny = g.add("NestedDevTinyCheckpoint", kind="sd15", seed=0)
     apply = g.add("ApplyNestedAttention", model=tiny[0], token="person", weight=1.0, start_at=0.0, end_at=1.0,
                   adapter=g.add("LoadNestedAdapter", adapter_name="sdxl_person.safetensors")[0],
                   subject=g.add("LoadNestedSubject", subject_name="sdxl_person_s1.safetensors")[0])
@@ -167,14 +167,14 @@ def test_load_node_names_the_file_and_the_problem(pack, assets):
 def encode_graph(kind: str, mask: bool = False, clip_vision_kind: str = "tiny", combine: str = "average",
                  adapter: str = "person"):
     g = Graph()
-    tiny = g.add("NestedDevTinyModels", kind=kind, seed=0)
+    vision = g.add("NestedDevTinyCLIPVision", seed=0)
     image = g.add("EmptyImage", width=40, height=32, batch_size=2, color=0x3366CC)
     inputs = dict(adapter=g.add("LoadNestedAdapter", adapter_name=f"{kind}_{adapter}.safetensors")[0],
-                  clip_vision=tiny[3], image=image[0], combine=combine)
+                  clip_vision=vision[0], image=image[0], combine=combine)
     if mask:
         inputs["mask"] = g.add("SolidMask", value=1.0, width=40, height=32)[0]
     g.add("NestedDevCapture", value=g.add("EncodeSubjectQFormer", **inputs)[0], label="subject")
-    g.add("NestedDevCapture", value=tiny[3], label="clip_vision")
+    g.add("NestedDevCapture", value=vision[0], label="clip_vision")
     g.add("NestedDevCapture", value=image[0], label="image")
     return g
 

@@ -46,7 +46,7 @@ class Case:
 
 def build(case: Case, label: str) -> Graph:
     g = Graph()
-    tiny = g.add("NestedDevTinyModels", kind=case.kind, seed=0)
+    tiny = g.add("NestedDevTinyCheckpoint", kind=case.kind, seed=0)
     positive = g.add("NestedTextEncode", clip=tiny[1], text=case.positive)
     g.add("NestedDevCapture", value=positive[0], label=f"{label}:positive")
     if case.combine_with:

@@ -1,0 +1,176 @@
+"""Write the example workflows in workflows/ (UI format) from the definitions below.
+
+    python -m nested_dev.make_workflows      # needs the dev environment (./dev env)
+
+The files are committed; tests check that they match these definitions and run them on tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui
+from .workflows import UIWorkflow
+
+SDXL = "sd_xl_base_1.0.safetensors"
+CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+FACES = "nested_attention_faces_sdxl.safetensors"
+PETS = "nested_attention_pets_sdxl.safetensors"
+IPA_FACE = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+NEGATIVE = "blurry, low quality, deformed, watermark, text"
+
+FILES_NOTE = (f"Models: {SDXL} in models/checkpoints, {CLIP_VISION} in models/clip_vision, nested adapters in "
+              "models/nested_adapters. Reference photos go in ComfyUI/input (a square crop of the face works best "
+              "for people). See the pack's README for downloads.")
+
+
+class Layout:
+    """A workflow with the usual scaffolding: checkpoint, CLIP vision, prompts, sampler, save."""
+
+    def __init__(self, positive: str, steps: int = 30, cfg: float = 5.0, seed: int = 42):
+        self.w = UIWorkflow()
+        self.checkpoint = self.w.add("CheckpointLoaderSimple", (20, 60), ckpt_name=SDXL)
+        self.vision = self.w.add("CLIPVisionLoader", (20, 260), clip_name=CLIP_VISION)
+        self.positive_text, self.steps, self.cfg, self.seed = positive, steps, cfg, seed
+        self.model, self.model_slot = self.checkpoint, 0
+        self.row = 380
+
+    def adapter(self, name: str, column: int = 380, row: int = 60) -> dict:
+        return self.w.add("LoadNestedAdapter", (column, row), adapter_name=name)
+
+    def subject(self, adapter: dict, photo: str, title: str, mask_from_alpha: bool = False) -> dict:
+        image = self.w.add("LoadImage", (20, self.row), title=f"{title}: reference photo", image=photo)
+        encode = self.w.add("EncodeSubjectQFormer", (380, self.row), title=f"Encode {title}", combine="average")
+        self.w.connect(adapter, 0, encode, "adapter")
+        self.w.connect(self.vision, 0, encode, "clip_vision")
+        self.w.connect(image, 0, encode, "image")
+        if mask_from_alpha:
+            self.w.connect(image, 1, encode, "mask")
+        self.row += 360
+        return encode
+
+    def apply(self, adapter: dict, subject: dict, token: str, title: str, occurrence: int = 0, weight: float = 1.0,
+              mask: Optional[tuple[dict, int]] = None) -> dict:
+        column = 760 + 340 * sum(1 for n in self.w.nodes if n["type"] == "ApplyNestedAttention")
+        node = self.w.add("ApplyNestedAttention", (column, 60), title=title, token=token, weight=weight,
+                          start_at=0.0, end_at=1.0, occurrence=occurrence)
+        self.w.connect(self.model, self.model_slot, node, "model")
+        self.w.connect(adapter, 0, node, "adapter")
+        self.w.connect(subject, 0, node, "subject")
+        if mask is not None:
+            self.w.connect(mask[0], mask[1], node, "attn_mask")
+        self.model, self.model_slot = node, 0
+        return node
+
+    def finish(self, prefix: str, note: str) -> dict:
+        x = 760 + 340 * max(1, sum(1 for n in self.w.nodes if n["type"] == "ApplyNestedAttention"))
+        positive = self.w.add("NestedTextEncode", (760, 420), title="Positive prompt", text=self.positive_text)
+        negative = self.w.add("NestedTextEncode", (760, 700), title="Negative prompt", text=NEGATIVE)
+        for encoder in (positive, negative):
+            self.w.connect(self.checkpoint, 1, encoder, "clip")
+        latent = self.w.add("EmptyLatentImage", (x, 420), width=1024, height=1024, batch_size=1)
+        sampler = self.w.add("KSampler", (x + 340, 60), seed=self.seed, steps=self.steps, cfg=self.cfg,
+                             sampler_name="dpmpp_2m", scheduler="karras", denoise=1.0)
+        self.w.connect(self.model, self.model_slot, sampler, "model")
+        self.w.connect(positive, 0, sampler, "positive")
+        self.w.connect(negative, 0, sampler, "negative")
+        self.w.connect(latent, 0, sampler, "latent_image")
+        decode = self.w.add("VAEDecode", (x + 680, 60))
+        self.w.connect(sampler, 0, decode, "samples")
+        self.w.connect(self.checkpoint, 2, decode, "vae")
+        save = self.w.add("SaveImage", (x + 680, 200), filename_prefix=prefix)
+        self.w.connect(decode, 0, save, "images")
+        self.w.note(note + "\n\n" + FILES_NOTE, (20, self.row), (700, 220))
+        return self.w.to_json()
+
+
+def one_subject() -> dict:
+    layout = Layout("a photo of a person as an astronaut on the moon, earth in the sky, cinematic lighting")
+    faces = layout.adapter(FACES)
+    subject = layout.subject(faces, "person.png", "Person")
+    layout.apply(faces, subject, "person", "Bind the person")
+    return layout.finish("nested_one_subject", "ONE SUBJECT. The word 'person' in the prompt becomes the person in "
+                         "the photo. Keep the word in the prompt; change everything else freely.")
+
+
+def person_and_dog() -> dict:
+    layout = Layout("a photo of a person hugging a dog in a snowy forest, golden hour, 35mm")
+    faces, pets = layout.adapter(FACES), layout.adapter(PETS, row=200)
+    person = layout.subject(faces, "person.png", "Person")
+    dog = layout.subject(pets, "dog.png", "Dog")
+    layout.apply(faces, person, "person", "Bind the person")
+    layout.apply(pets, dog, "dog", "Bind the dog")
+    return layout.finish("nested_person_and_dog", "TWO SUBJECTS, TWO DOMAINS. A face adapter binds 'person', a pet "
+                         "adapter binds 'dog'; each word takes its own subject. Chain one Apply node per subject.")
+
+
+def two_people() -> dict:
+    layout = Layout("a person shaking hands with another person in a busy office, photo")
+    faces = layout.adapter(FACES)
+    first = layout.subject(faces, "person_a.png", "First person")
+    second = layout.subject(faces, "person_b.png", "Second person")
+    layout.apply(faces, first, "person", "Bind the 1st 'person'", occurrence=1)
+    layout.apply(faces, second, "person", "Bind the 2nd 'person'", occurrence=2)
+    return layout.finish("nested_two_people", "TWO PEOPLE, ONE WORD. Both subjects use the word 'person': occurrence "
+                         "1 binds the first 'person' in the prompt, occurrence 2 the second.")
+
+
+def region_mask() -> dict:
+    layout = Layout("a photo of a person sitting on a bench in a park, autumn, wide shot")
+    faces = layout.adapter(FACES)
+    subject = layout.subject(faces, "person.png", "Person", mask_from_alpha=True)
+    canvas = layout.w.add("SolidMask", (380, layout.row), title="Empty canvas", value=0.0, width=1024, height=1024)
+    region = layout.w.add("SolidMask", (380, layout.row + 140), title="Right half", value=1.0, width=512, height=1024)
+    mask = layout.w.add("MaskComposite", (380, layout.row + 280), title="Where the subject may appear",
+                        x=512, y=0, operation="add")
+    layout.w.connect(canvas, 0, mask, "destination")
+    layout.w.connect(region, 0, mask, "source")
+    layout.row += 460
+    layout.apply(faces, subject, "person", "Bind the person (right half)", mask=(mask, 0))
+    return layout.finish("nested_region_mask", "REGION MASK. attn_mask (right half here) limits where the subject "
+                         "acts; elsewhere 'person' stays a plain word. The reference photo's alpha channel, if it has "
+                         "one, removes its background before encoding (Encode's mask input).")
+
+
+def ip_adapter_plus() -> dict:
+    layout = Layout("a watercolor painting of a person reading in a library")
+    adapter = layout.adapter(IPA_FACE)
+    subject = layout.subject(adapter, "person.png", "Person")
+    layout.apply(adapter, subject, "person", "Bind the person")
+    return layout.finish("nested_ip_adapter_plus", "AN IP-ADAPTER-PLUS FILE AS THE NESTED ADAPTER. Load Nested Adapter "
+                         "reads ip-adapter-plus(-face) files (SD1.5 or SDXL): their resampler is the Q-Former and their "
+                         "per-layer K/V projections give the nested keys and values. They were trained for IP-Adapter, "
+                         "not for nested attention, so expect weaker identity than a nested adapter.")
+
+
+WORKFLOWS = {
+    "one_subject_sdxl.json": one_subject,
+    "two_subjects_person_and_dog.json": person_and_dog,
+    "two_people_same_word.json": two_people,
+    "subject_with_region_mask.json": region_mask,
+    "ip_adapter_plus_as_nested_adapter.json": ip_adapter_plus,
+}
+DEMO_WORKFLOW = "two_subjects_person_and_dog.json"
+
+
+def main() -> int:
+    prepare_comfyui()
+    import asyncio
+
+    import nodes
+
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    load_pack()
+    folder = PACK_ROOT / "workflows"
+    folder.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (folder / name).write_text(json.dumps(build(), indent=1) + "\n")
+        print(f"wrote workflows/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
