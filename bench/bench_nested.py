@@ -5,7 +5,10 @@ Two tables, printed as Markdown:
 1. One UNet evaluation (cond + uncond batched, subjects in the cond rows) through ComfyUI's real
    sampling path (CFGGuider -> calc_cond_batch -> wrappers -> attn2 patches) on a UNet with SDXL's
    channel widths, head width 64 and context width 2048 but fewer transformer blocks, for 0, 1, 2, 4
-   subjects and 16/64/256 nested tokens. Time is the median of interleaved rounds; memory is the
+   subjects and 16/64/256 nested tokens. Time is the best of shuffled, interleaved rounds (on the
+   CPU, this process's CPU time: a busy shared machine only ever adds to it, so the minimum is the
+   steadiest estimate);
+   FLOPs are counted exactly (matrix products, convolutions, attention kernels); memory is the
    peak of live tensor bytes during the evaluation (CPU) or torch.cuda.max_memory_allocated (GPU).
 2. One attn2 layer at SDXL 1024x1024 shapes (4096 and 1024 queries, 10/20 heads of 64): ComfyUI's
    attention alone vs the nested patch.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
+import random
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ import weakref
 from pathlib import Path
 
 import torch
+import torch.utils.flop_counter as flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,6 +43,20 @@ SDXL_WIDTHS = dict(model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=[1
                    use_linear_in_transformer=True, in_channels=4, out_channels=4, image_size=32,
                    use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
                    use_temporal_resblock=False, use_checkpoint=False)
+
+
+# PyTorch counts the FLOPs of its GPU attention kernels but not of the CPU flash kernel; same formula.
+flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(
+    lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v))
+
+
+def clock(cuda: bool) -> float:
+    """Wall time on the GPU (after a sync); on the CPU, this process's CPU time, which other
+    programs on a shared machine disturb far less than wall time."""
+    if cuda:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 class TensorWatch(TorchDispatchMode):
@@ -53,8 +71,11 @@ class TensorWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                  if isinstance(a, torch.Tensor)}
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            # outputs that share an input's storage are views or in-place results, not allocations
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr() not in inputs:
                 self._track(t)
         return out
 
@@ -115,34 +136,37 @@ def conditioning(pack, words: int):
     return entry(True), entry(False)
 
 
-def time_unet(model, positive, negative, latent: int, repeats: int, measure_memory: bool) -> tuple[list[float], TensorWatch]:
-    """Evaluate the model `repeats` times at one sigma through ComfyUI's sampler path (then once
-    more, watched, for memory when asked)."""
+def time_unet(model, positive, negative, latent: int, repeats: int,
+              measure: bool) -> tuple[list[float], TensorWatch, int]:
+    """Evaluate the model `repeats` times at one sigma through ComfyUI's sampler path, then, when
+    asked, once more under watch for memory and FLOPs."""
     import comfy.sample
     import comfy.samplers
 
     times: list[float] = []
     watch = TensorWatch()
+    flops = [0]
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         s_in = x.new_ones([x.shape[0]])
         model_k(x, sigmas[0] * s_in, **extra_args)                     # warm-up, caches filled
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock(x.is_cuda)
             model_k(x, sigmas[0] * s_in, **extra_args)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        if not measure_memory:
+            times.append(clock(x.is_cuda) - start)
+        if not measure:
             return x
+        counter = flop_counter.FlopCounterMode(display=False)
         if x.is_cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            model_k(x, sigmas[0] * s_in, **extra_args)
+            with counter:
+                model_k(x, sigmas[0] * s_in, **extra_args)
             watch.peak = torch.cuda.max_memory_allocated() - base
         else:
-            with watch:
+            with counter, watch:
                 model_k(x, sigmas[0] * s_in, **extra_args)
+        flops[0] = counter.get_total_flops()
         return x
 
     empty = torch.zeros(1, 4, latent, latent)
@@ -150,7 +174,7 @@ def time_unet(model, positive, negative, latent: int, repeats: int, measure_memo
     with torch.inference_mode():
         comfy.sample.sample_custom(model, torch.randn_like(empty), 5.0, comfy.samplers.KSAMPLER(sampler_function), sigmas,
                                    positive, negative, empty, seed=0)
-    return times, watch
+    return times, watch, flops[0]
 
 
 def unet_table(pack, args) -> list[str]:
@@ -166,24 +190,30 @@ def unet_table(pack, args) -> list[str]:
     conds = {s: conditioning(pack, s) for s in (0, 1, 2, 4)}
     samples: dict[tuple, list[float]] = {c: [] for c in configs}
     watches: dict[tuple, TensorWatch] = {}
-    for round_index in range(args.rounds):          # interleaved rounds: machine noise hits all alike
-        for c in configs:
+    flops: dict[tuple, int] = {}
+    order = random.Random(0)
+    for round_index in range(args.rounds):          # interleaved, shuffled rounds: noise hits all alike
+        for c in order.sample(configs, len(configs)):
             last = round_index == args.rounds - 1
-            times, watch = time_unet(models[c], *conds[c[1]], args.latent, args.repeats, measure_memory=last)
+            times, watch, counted = time_unet(models[c], *conds[c[1]], args.latent, args.repeats, measure=last)
             samples[c] += times
-            watches[c] = watch
-    plain_time = statistics.median(samples[(0, 0)])
+            if last:
+                watches[c], flops[c] = watch, counted
+    plain_time = min(samples[(0, 0)])
     plain_memory = watches[(0, 0)].peak
     sites = len(pack.nodes.model_layers.attn2_sites(base))
+    timer = "GPU time" if torch.cuda.is_available() and args.gpu else "CPU time"
     rows = [f"UNet with SDXL widths ({sites} attn2 layers), latent {args.latent}x{args.latent} "
-            f"(image {8 * args.latent}px), batch cond+uncond, {args.dtype}, {len(samples[(0, 0)])} timed evaluations each",
-            "", "| nested tokens | subjects | time (ms) | time ratio | peak memory (MiB) | memory ratio | largest tensor |",
-            "|---|---|---|---|---|---|---|"]
+            f"(image {8 * args.latent}px), batch cond+uncond, {args.dtype}, best {timer} of "
+            f"{len(samples[(0, 0)])} evaluations each", "",
+            f"| nested tokens | subjects | {timer} (ms) | time ratio | GFLOP | FLOP ratio | peak memory (MiB) | "
+            "memory ratio | largest tensor |", "|---|---|---|---|---|---|---|---|---|"]
     for c in configs:
-        median = statistics.median(samples[c])
+        best = min(samples[c])
         watch = watches[c]
-        rows.append(f"| {c[0] or '-'} | {c[1]} | {1000 * median:.1f} | {median / plain_time:.3f} | "
-                    f"{watch.peak / 2**20:.1f} | {watch.peak / plain_memory:.3f} | {list(watch.largest[1])} |")
+        rows.append(f"| {c[0] or '-'} | {c[1]} | {1000 * best:.0f} | {best / plain_time:.3f} | "
+                    f"{flops[c] / 1e9:.2f} | {flops[c] / flops[(0, 0)]:.4f} | {watch.peak / 2**20:.1f} | "
+                    f"{watch.peak / plain_memory:.3f} | {list(watch.largest[1])} |")
     return rows
 
 
@@ -228,12 +258,10 @@ def _interleaved(a, b, repeats: int, cuda: bool) -> tuple[float, float]:
         a(), b()
         for _ in range(repeats):
             for index, fn in enumerate((a, b)):
-                start = time.perf_counter()
+                start = clock(cuda)
                 fn()
-                if cuda:
-                    torch.cuda.synchronize()
-                times[index].append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+                times[index].append(clock(cuda) - start)
+    return 1000 * min(times[0]), 1000 * min(times[1])
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from safetensors.torch import save_file
@@ -21,10 +22,12 @@ FORMAT_VERSION = 1
 class SubjectTokens:
     """The nested tokens of one subject and the adapter whose encoder made them."""
 
-    tokens: Tensor            # [1, N, C] float32, on the CPU
+    tokens: Tensor            # [1, T, C] float32, on the CPU
     adapter_fingerprint: str  # see adapter.fingerprint
     num_images: int           # reference images combined into these tokens
     combine: str              # how they were combined ("average" or "concat")
+    patch_maps: Optional[Tensor] = None   # [T, g, g]: each token's Q-Former attention over the CLIP patch grid
+    token_photo: Optional[Tensor] = None  # [T] long: the photo each token came from (-1: averaged over photos)
 
     @property
     def num_tokens(self) -> int:
@@ -39,7 +42,11 @@ def save_subject(path: "str | os.PathLike[str]", subject: SubjectTokens) -> None
     """Write a subject file; it appears complete or not at all."""
     path = os.fspath(path)
     partial = path + ".partial"
-    save_file({"tokens": subject.tokens.detach().to("cpu", torch.float32).contiguous()}, partial, metadata={
+    tensors = {"tokens": subject.tokens.detach().to("cpu", torch.float32).contiguous()}
+    if subject.patch_maps is not None and subject.token_photo is not None:
+        tensors["patch_maps"] = subject.patch_maps.detach().to("cpu", torch.float32).contiguous()
+        tensors["token_photo"] = subject.token_photo.detach().to("cpu", torch.int64).contiguous()
+    save_file(tensors, partial, metadata={
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "adapter_fingerprint": subject.adapter_fingerprint,
@@ -59,15 +66,34 @@ def load_subject(path: "str | os.PathLike[str]") -> SubjectTokens:
     if not meta.get("format_version", "").isdigit() or int(meta["format_version"]) > FORMAT_VERSION:
         raise AdapterFileError(raw.path, f"format_version {meta.get('format_version')!r}",
                                f"version {FORMAT_VERSION} or older", "Update the pack to read newer subject files.")
-    info = raw.info.get("tokens")
-    if set(raw.info) != {"tokens"} or info is None or len(info.shape) != 3 or info.shape[0] != 1 \
-            or not (isinstance(info.dtype, torch.dtype) and info.dtype.is_floating_point):
+    if not _layout_ok(raw):
         found = ", ".join(f"'{n}' {list(i.shape)} {i.dtype}" for n, i in raw.info.items()) or "no tensors"
-        raise AdapterFileError(raw.path, found, "one float tensor 'tokens' of shape [1, N, C]")
+        raise AdapterFileError(raw.path, found, "a float tensor 'tokens' [1, T, C], optionally with 'patch_maps' "
+                               "[T, g, g] and 'token_photo' [T]")
+    tensors = load_finite(raw)
     num_images = meta.get("num_images", "1")
     return SubjectTokens(
-        tokens=load_finite(raw)["tokens"].float(),
+        tokens=tensors["tokens"].float(),
         adapter_fingerprint=meta.get("adapter_fingerprint", ""),
         num_images=int(num_images) if num_images.isdigit() else 1,
         combine=meta.get("combine", "average"),
+        patch_maps=tensors["patch_maps"].float() if "patch_maps" in tensors else None,
+        token_photo=tensors["token_photo"].long() if "token_photo" in tensors else None,
     )
+
+
+def _layout_ok(raw) -> bool:
+    info = raw.info
+    tokens = info.get("tokens")
+    if tokens is None or len(tokens.shape) != 3 or tokens.shape[0] != 1 or not _is_float(tokens.dtype):
+        return False
+    if set(info) == {"tokens"}:
+        return True
+    maps, photo = info.get("patch_maps"), info.get("token_photo")
+    return (set(info) == {"tokens", "patch_maps", "token_photo"} and len(maps.shape) == 3
+            and maps.shape[0] == tokens.shape[1] and _is_float(maps.dtype)
+            and photo.shape == (tokens.shape[1],) and photo.dtype == torch.int64)
+
+
+def _is_float(dtype) -> bool:
+    return isinstance(dtype, torch.dtype) and dtype.is_floating_point

@@ -68,6 +68,9 @@ def prepare_comfyui(root: Optional[Path] = None, cpu: bool = True) -> Path:
     install_torchvision_stub()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
+    # As in main.py: ComfyUI's `utils` package must be imported before `nodes`, which puts comfy/
+    # (holding a utils.py) first on sys.path.
+    import utils.extra_config  # noqa: F401
     import comfy.cli_args
 
     if "comfy.model_management" not in sys.modules:

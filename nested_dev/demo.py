@@ -55,6 +55,7 @@ def stand_in_photos(folder: Path, names: list[str]) -> None:
     """Simple drawn reference "photos" for the random-weight run (no real images are shipped)."""
     from PIL import Image, ImageDraw
 
+    folder.mkdir(parents=True, exist_ok=True)
     palette = [((230, 190, 160), (60, 40, 30)), ((200, 150, 90), (90, 60, 30)), ((120, 160, 220), (20, 20, 60))]
     for index, name in enumerate(names):
         skin, hair = palette[index % len(palette)]
@@ -98,6 +99,30 @@ def tiny_prompt(prompt: dict, base: Path, steps: int) -> tuple[dict, list[str]]:
     stand_in_photos(base / "input", sorted(photos))
     return out, [f"adapter {a}: random-weight stand-in" for a in sorted(adapters)] + \
         [f"photo {p}: drawn stand-in" for p in sorted(photos)]
+
+
+def stand_in_ui(workflow: dict, base: Path, steps: int) -> dict:
+    """The same stand-ins for a UI-format workflow (for the browser): loaders swapped, files created."""
+    from .tiny_adapters import write_tiny_adapter
+
+    out = json.loads(json.dumps(workflow))
+    for node in out["nodes"]:
+        kind, values = node["type"], node.get("widgets_values", [])
+        if kind == "CheckpointLoaderSimple":
+            node["type"], node["widgets_values"] = "NestedDevTinyCheckpoint", ["sdxl", 0]
+        elif kind == "CLIPVisionLoader":
+            node["type"], node["widgets_values"] = "NestedDevTinyCLIPVision", [0]
+        elif kind == "LoadNestedAdapter":
+            word = "dog" if "pet" in values[0] else "person"
+            write_tiny_adapter(base / "models" / "nested_adapters" / values[0], "sdxl", seed=1, class_word=word)
+        elif kind == "LoadImage":
+            stand_in_photos(base / "input", [values[0]])
+        elif kind == "EmptyLatentImage":
+            values[0:2] = [64, 64]
+        elif kind == "KSampler":
+            values[2] = steps
+        node["properties"] = {"Node name for S&R": node["type"]} if node["type"] != "Note" else node["properties"]
+    return out
 
 
 def missing_real_files(prompt: dict) -> list[str]:

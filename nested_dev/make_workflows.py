@@ -146,12 +146,45 @@ def ip_adapter_plus() -> dict:
                          "not for nested attention, so expect weaker identity than a nested adapter.")
 
 
+def attention_maps() -> dict:
+    layout = Layout("a photo of a person playing the violin on a stage, spotlight", steps=25)
+    faces = layout.adapter(FACES)
+    photo = layout.w.add("LoadImage", (20, layout.row), title="Person: reference photo", image="person.png")
+    subject = layout.w.add("EncodeSubjectQFormer", (380, layout.row), title="Encode Person", combine="average")
+    layout.w.connect(faces, 0, subject, "adapter")
+    layout.w.connect(layout.vision, 0, subject, "clip_vision")
+    layout.w.connect(photo, 0, subject, "image")
+    layout.row += 360
+    layout.apply(faces, subject, "person", "Bind the person")
+    recorder = layout.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
+    layout.w.connect(layout.model, layout.model_slot, recorder, "model")
+    layout.model, layout.model_slot = recorder, 0
+    workflow = layout.finish("nested_attention_maps", "ATTENTION MAPS. Record Nested Attention (after the Apply nodes) "
+                             "makes the sampler record what the subject does; Nested Attention Maps turns it into "
+                             "images: where the word acts, which region of the reference photo a point draws from "
+                             "(click the generated image in the node to move the point), and the per-position values "
+                             "v*_q beside the word's single plain value.")
+    w = layout.w
+    decode = next(n for n in w.nodes if n["type"] == "VAEDecode")
+    maps = w.add("NestedAttentionMaps", (decode["pos"][0], 420), point_x=0.5, point_y=0.35, parts="all",
+                 first_step=0.0, last_step=1.0)
+    w.connect(recorder, 1, maps, "recording")
+    w.connect(decode, 0, maps, "images")
+    w.connect(photo, 0, maps, "reference")
+    for slot, title in enumerate(("Where the subject acts", "Source region", "Per-query values")):
+        preview = w.add("PreviewImage", (decode["pos"][0] + 560, 420 + 300 * slot), title=title)
+        w.connect(maps, slot, preview, "images")
+    workflow.update(w.to_json())
+    return workflow
+
+
 WORKFLOWS = {
     "one_subject_sdxl.json": one_subject,
     "two_subjects_person_and_dog.json": person_and_dog,
     "two_people_same_word.json": two_people,
     "subject_with_region_mask.json": region_mask,
     "ip_adapter_plus_as_nested_adapter.json": ip_adapter_plus,
+    "attention_maps.json": attention_maps,
 }
 DEMO_WORKFLOW = "two_subjects_person_and_dog.json"
 

@@ -50,6 +50,7 @@ def write_tiny_adapter(path: Path, kind: str, seed: int = 0, ip_adapter_layout: 
     adapter = tiny_adapter(kind, seed, ip_adapter_layout, class_word)
     core = load_pack().nested_core
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if not ip_adapter_layout:
         core.checkpoint.save_native(path, adapter.config, adapter.state_dict())
         return path

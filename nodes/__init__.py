@@ -6,11 +6,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from .apply_node import ApplyNestedAttention
 from .loader_node import LoadNestedAdapter
+from .maps_nodes import NestedAttentionMaps, RecordNestedAttention
 from .subject_nodes import EncodeSubjectQFormer, LoadNestedSubject, SaveNestedSubject
 from .text_node import NestedTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
     LoadNestedAdapter, EncodeSubjectQFormer, ApplyNestedAttention, NestedTextEncode, SaveNestedSubject, LoadNestedSubject,
+    RecordNestedAttention, NestedAttentionMaps,
 ]
 
 

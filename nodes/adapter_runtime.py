@@ -40,12 +40,15 @@ class LoadedAdapter:
     def module(self) -> NestedAdapter:
         return self.patcher.model
 
-    def encode(self, features: Tensor, attention_maps: Optional[list[Tensor]] = None) -> Tensor:
-        """CLIP penultimate features [M, P, E] -> subject tokens [M, N, C], float32 on the CPU side."""
+    def encode(self, features: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """CLIP penultimate features [M, P, E] -> subject tokens [M, N, C] and the Q-Former's
+        attention of every layer [M, heads, N, P + N], float32 on the CPU side."""
         mm.load_models_gpu([self.patcher])
+        attention: list[Tensor] = []
         with torch.no_grad():
-            tokens = self.module.encode(features.to(self.patcher.load_device, torch.float32), attention_maps)
-        return tokens.to(mm.intermediate_device(), torch.float32)
+            tokens = self.module.encode(features.to(self.patcher.load_device, torch.float32), attention)
+        device = mm.intermediate_device()
+        return tokens.to(device, torch.float32), [a.to(device, torch.float32) for a in attention]
 
     def project(self, tokens: Tensor) -> list[tuple[Tensor, Tensor]]:
         """Subject tokens [1, N, C] -> nested (K~, V~) per adapter layer, float32 on the CPU side."""

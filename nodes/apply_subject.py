@@ -62,7 +62,7 @@ def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectT
     binding = SubjectBinding(
         name=name, token_id=token_id, occurrence=occurrence, weight=float(weight),
         sigma_start=float(sampling.percent_to_sigma(start_at)), sigma_end=float(sampling.percent_to_sigma(end_at)),
-        layers=layers, mask=_prepare_mask(attn_mask),
+        layers=layers, mask=_prepare_mask(attn_mask), patch_maps=subject.patch_maps, token_photo=subject.token_photo,
     )
 
     patched = model.clone()

@@ -18,6 +18,7 @@ from comfy.ldm.modules.attention import optimized_attention
 
 from ..nested_core.attention import nested_attention
 from ..nested_core.layers import LayerKey
+from .recording import RECORD_KEY
 from .registry import STEP_KEY
 
 _NO_SIGMA = 999999999.9
@@ -49,10 +50,14 @@ class NestedAttn2Patch:
         step = extra_options.get(STEP_KEY)
         if step is None:
             return out
-        subjects = step.subjects_for(self.layer, q, k, extra_options)
-        if not subjects:
+        bound = step.subjects_for(self.layer, q, k, extra_options)
+        if not bound:
             return out
-        return nested_attention(q, k, v, extra_options["n_heads"], subjects, base=out)
+        result = nested_attention(q, k, v, extra_options["n_heads"], [s for _, s in bound], base=out)
+        recording = extra_options.get(RECORD_KEY)
+        if recording is not None:
+            recording.record(self.layer, q, k, v, bound, step.run.registry, extra_options)
+        return result
 
     def _run_added(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
         sigmas = extra_options.get("sigmas")

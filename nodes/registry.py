@@ -34,6 +34,8 @@ class SubjectBinding:
     sigma_end: float
     layers: Mapping[LayerKey, tuple[Tensor, Tensor]]  # K~, V~: [1, N, inner] float32 on the CPU
     mask: Optional[Tensor] = None                    # [B or 1, H, W] in [0, 1]: where the subject may act
+    patch_maps: Optional[Tensor] = None              # [T, g, g] the subject's Q-Former maps (for the maps node)
+    token_photo: Optional[Tensor] = None             # [T] photo of each token (-1: averaged)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))

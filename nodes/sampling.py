@@ -159,7 +159,8 @@ class StepState:
     run: NestedRun
     active: tuple[int, ...]     # indices into run.registry
 
-    def subjects_for(self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict) -> list[NestedSubject]:
+    def subjects_for(self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict) -> list[tuple[int, NestedSubject]]:
+        """(binding index, subject) for each active subject with weights for this layer and a token in these rows."""
         uuids = extra_options.get("uuids")
         if not uuids:
             return []
@@ -173,7 +174,7 @@ class StepState:
                 continue
             nested_k, nested_v = self.run.nested_kv(index, layer, q.device, q.dtype)
             mask = self.run.layer_mask(index, rows_per_chunk, chunks, q.shape[1], extra_options, q.device)
-            subjects.append(NestedSubject(nested_k, nested_v, positions[index], binding.weight, mask))
+            subjects.append((index, NestedSubject(nested_k, nested_v, positions[index], binding.weight, mask)))
         return subjects
 
 

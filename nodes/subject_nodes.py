@@ -13,6 +13,7 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..nested_core.errors import NestedAttentionError
+from ..nested_core.maps import qformer_patch_maps
 from ..nested_core.subject import SubjectTokens, load_subject, save_subject
 from .adapter_runtime import LoadedAdapter
 from .io_types import CATEGORY, SUBJECT_FOLDER, NestedAdapterIO, NestedSubjectIO
@@ -71,12 +72,22 @@ def encode_subject(adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Opt
     if features.shape[-1] != adapter.config.clip_vision_width:
         raise NestedAttentionError(f"Encode Subject: CLIP vision features have width {features.shape[-1]}; adapter "
                                    f"'{adapter.name}' expects {adapter.config.clip_vision_width}")
-    tokens = adapter.encode(features)                                   # [M, N, C]
+    tokens, attention = adapter.encode(features)                        # [M, N, C], per layer [M, h, N, P+N]
+    photos, count = tokens.shape[0], tokens.shape[1]
+    try:
+        maps: Optional[Tensor] = qformer_patch_maps(attention, count)   # [M, N, g, g], for the maps node
+    except ValueError:
+        maps = None
     if combine == "average":
         tokens = tokens.mean(dim=0, keepdim=True)
+        patch_maps = maps.mean(dim=0) if maps is not None else None
+        token_photo = torch.full((count,), -1, dtype=torch.long)
     else:
-        tokens = tokens.reshape(1, -1, tokens.shape[-1])
-    return SubjectTokens(tokens=tokens, adapter_fingerprint=adapter.fingerprint, num_images=image.shape[0], combine=combine)
+        tokens = tokens.reshape(1, photos * count, tokens.shape[-1])
+        patch_maps = maps.flatten(0, 1) if maps is not None else None
+        token_photo = torch.arange(photos).repeat_interleave(count)
+    return SubjectTokens(tokens=tokens, adapter_fingerprint=adapter.fingerprint, num_images=photos, combine=combine,
+                         patch_maps=patch_maps, token_photo=token_photo if patch_maps is not None else None)
 
 
 def clip_vision_width(clip_vision) -> Optional[int]:

@@ -16,7 +16,8 @@ NAMES = sorted(p.name for p in FOLDER.glob("*.json"))
 
 def test_the_expected_workflows_ship():
     assert NAMES == sorted(["one_subject_sdxl.json", "two_subjects_person_and_dog.json", "two_people_same_word.json",
-                            "subject_with_region_mask.json", "ip_adapter_plus_as_nested_adapter.json"])
+                            "subject_with_region_mask.json", "ip_adapter_plus_as_nested_adapter.json",
+                            "attention_maps.json"])
 
 
 @pytest.mark.parametrize("name", NAMES)

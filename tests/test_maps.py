@@ -1,0 +1,114 @@
+"""Attention maps: the quantities against references, and the nodes on recorded sampling runs."""
+
+from __future__ import annotations
+
+import torch
+
+from graph import Graph, run_prompt
+from nested_core.attention import TokenPositions
+from nested_core.maps import nested_token_weights, pca_rgb, qformer_patch_maps, source_heatmap, subject_attention
+from nested_dev.dev_nodes import CAPTURED
+
+
+def test_subject_attention_and_token_weights_match_a_plain_softmax():
+    gen = torch.Generator().manual_seed(0)
+    q, k, keys = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 9, 8, generator=gen), torch.randn(1, 3, 8, generator=gen)
+    positions = TokenPositions.from_lists([[2, 5], []])
+    a = subject_attention(q, k, 2, positions.index, positions.valid)
+    full = torch.softmax(q.view(2, 6, 2, 4).transpose(1, 2) @ k.view(2, 9, 2, 4).permute(0, 2, 3, 1) / 2, -1)
+    torch.testing.assert_close(a[0], full[0, :, :, 2] + full[0, :, :, 5])
+    assert torch.equal(a[1], torch.zeros_like(a[1]))
+    weights = nested_token_weights(q, keys, 2)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 6))
+
+
+def test_patch_maps_and_source_heatmap_are_distributions():
+    gen = torch.Generator().manual_seed(1)
+    layers = [torch.softmax(torch.randn(3, 2, 4, 17 + 4, generator=gen), -1) for _ in range(2)]   # 4x4 patches + CLS
+    maps = qformer_patch_maps(layers, num_tokens=4)
+    assert maps.shape == (3, 4, 4, 4)
+    torch.testing.assert_close(maps.sum((-1, -2)), torch.ones(3, 4))
+    heat = source_heatmap(torch.tensor([0.5, 0.25, 0.25, 0.0]), maps[0])
+    torch.testing.assert_close(heat.sum(), torch.tensor(1.0))
+    colours = pca_rgb(torch.randn(50, 12, generator=gen))
+    assert colours.shape == (50, 3) and colours.min() >= 0 and colours.max() <= 1
+
+
+def maps_graph(mask: bool, record: bool = True) -> Graph:
+    g = Graph()
+    tiny = g.add("NestedDevTinyCheckpoint", kind="sd15", seed=0)
+    vision = g.add("NestedDevTinyCLIPVision", seed=0)
+    adapter = g.add("LoadNestedAdapter", adapter_name="sd15_person.safetensors")
+    photo = g.add("EmptyImage", width=48, height=48, batch_size=1, color=0x884422)
+    subject = g.add("EncodeSubjectQFormer", adapter=adapter[0], clip_vision=vision[0], image=photo[0])
+    inputs = dict(model=tiny[0], adapter=adapter[0], subject=subject[0], token="person", weight=1.0, start_at=0.0,
+                  end_at=1.0)
+    if mask:
+        empty = g.add("SolidMask", value=0.0, width=64, height=64)
+        left = g.add("SolidMask", value=1.0, width=32, height=64)
+        inputs["attn_mask"] = g.add("MaskComposite", destination=empty[0], source=left[0], x=0, y=0, operation="add")[0]
+    model = g.add("ApplyNestedAttention", **inputs)[0]
+    recording = None
+    if record:
+        recorder = g.add("RecordNestedAttention", model=model, grid=8)
+        model, recording = recorder[0], recorder[1]
+    positive = g.add("NestedTextEncode", clip=tiny[1], text="a photo of a person on a boat")
+    negative = g.add("NestedTextEncode", clip=tiny[1], text="blurry")
+    latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=2)
+    sampled = g.add("KSampler", model=model, seed=3, steps=4, cfg=5.0, sampler_name="euler", scheduler="normal",
+                    positive=positive[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
+    images = g.add("VAEDecode", samples=sampled[0], vae=tiny[2])
+    g.add("NestedDevCapture", value=sampled[0], label="maps:latent")
+    if record:
+        g.add("NestedDevCapture", value=recording, label="maps:recording")
+        maps = g.add("NestedAttentionMaps", recording=recording, images=images[0], reference=photo[0], point_x=0.25,
+                     point_y=0.5, parts="all", first_step=0.0, last_step=1.0)
+        for slot, name in enumerate(("subject", "source", "value")):
+            g.add("NestedDevCapture", value=maps[slot], label=f"maps:{name}")
+    return g
+
+
+def test_maps_from_a_recorded_run(pack, assets):
+    run_prompt(maps_graph(mask=False).prompt)
+    recording = CAPTURED["maps:recording"]
+    assert recording.steps == 4 and set(recording.traces) == {0}
+    averaged = recording.averaged(0, ("input", "middle", "output"), 0, 3)
+    assert averaged.shape == (2, 1 + 4, 8, 8)                     # 2 images, a_s* + 4 token weights, 8x8 grid
+    torch.testing.assert_close(averaged[:, 1:].sum(1), torch.ones(2, 8, 8), rtol=1e-4, atol=1e-4)
+    assert 0 < float(averaged[:, 0].max()) <= 1
+    assert CAPTURED["maps:subject"].shape == (2, 64, 64, 3)
+    assert CAPTURED["maps:source"].shape == (1, 256, 256, 3)
+    value = CAPTURED["maps:value"]
+    assert value.shape[0] == 1 and value.shape[1] == 256 and value.min() >= 0 and value.max() <= 1
+    trace = recording.traces[0]
+    assert trace.values.shape[:2] == (2, 64) and trace.class_value.shape == (64,)
+
+
+def test_recording_changes_nothing_in_the_image_and_costs_nothing_when_absent(pack, assets, monkeypatch):
+    calls = []
+    recording_cls = pack.nodes.recording.Recording
+    original = recording_cls.record
+    monkeypatch.setattr(recording_cls, "record", lambda self, *a, **k: (calls.append(1), original(self, *a, **k)))
+    run_prompt(maps_graph(mask=False, record=False).prompt)
+    plain = CAPTURED["maps:latent"]["samples"]
+    assert not calls
+    run_prompt(maps_graph(mask=False, record=True).prompt)
+    assert calls
+    torch.testing.assert_close(CAPTURED["maps:latent"]["samples"], plain)
+
+
+def test_with_a_region_mask_the_recorded_influence_is_zero_outside_it(pack, assets):
+    run_prompt(maps_graph(mask=True).prompt)
+    averaged = CAPTURED["maps:recording"].averaged(0, ("input", "middle", "output"), 0, 3)
+    acting = averaged[:, 0]                                       # [2, 8, 8]; the mask covers the left half
+    assert torch.equal(acting[:, :, 4:], torch.zeros_like(acting[:, :, 4:]))
+    assert float(acting[:, :, :4].min()) > 0
+
+
+def test_source_map_of_the_node_sums_to_one(pack, assets):
+    run_prompt(maps_graph(mask=False).prompt)
+    recording = CAPTURED["maps:recording"]
+    weights = recording.averaged(0, ("input", "middle", "output"), 0, 3)[0, 1:]
+    heat, photo = pack.nodes.maps_nodes._source(weights, recording.registry[0], 0.25, 0.5)
+    assert photo == 0 and heat.shape == (4, 4)
+    torch.testing.assert_close(heat.sum(), torch.tensor(1.0))
