@@ -1,0 +1,233 @@
+"""The training loop: data, forward, optimisation, checkpoints, logs and preview samples.
+
+Several GPUs (or CPU processes) are driven by ``torchrun``: each process takes every
+world_size-th example of a step and DistributedDataParallel averages the gradients, so a run
+gives the same parameters whatever the number of processes (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import runtime
+from .config import TrainConfig
+from .dataset import Example, SubjectDataset
+from .models import TrainableAdapter, create_adapter, gradient_checkpointing, load_frozen, vision_width
+from .objective import TrainingStep, diffusion_loss, encode_captions, noise_and_sigma, patches
+
+log = logging.getLogger("nested_train")
+CHECKPOINTS = "checkpoints"
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False):
+        self.config = config
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        config.validate(self.world)
+        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        pack = runtime.start(cpu=not cuda)
+        import comfy.model_management as mm
+
+        self.device = mm.get_torch_device()
+        self.output = Path(config.output)
+        self.parts = load_frozen(config)
+        tokens = pack.nodes.tokens
+        word_id = None if _token_problem(config.class_word) else tokens.resolve_token(config.class_word)
+
+        def mentions_word(caption: str) -> bool:
+            if word_id is None:
+                return True     # the class word itself is reported instead
+            return bool(tokens.prompt_tokens(self.parts.clip.tokenize(caption), caption).occurrences(word_id))
+
+        self.dataset = SubjectDataset.scan(config.data, config.class_word, _token_problem, mentions_word,
+                                           min_size=max(16, config.resolution // 4))
+        self.word_id = word_id
+        self.adapter = create_adapter(config, self.parts, vision_width(self.parts.clip_vision)).to(self.device)
+        self.module = TrainableAdapter(self.adapter)
+        self.trained = (torch.nn.parallel.DistributedDataParallel(self.module) if self.world > 1 else self.module)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        warmup = max(config.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        self.layers = {key: index for index, key in enumerate(self.adapter.config.layer_keys)}
+        self.patches = patches(self.parts.sites)
+        self.step = 0
+        if resume:
+            self._resume()
+        mm.load_models_gpu([self.parts.model], force_full_load=True)
+
+    # --------------------------------------------------------------------- the loop
+    def train(self) -> Path:
+        from tqdm import tqdm
+
+        config = self.config
+        local = config.batch_size // self.world
+        micro = local // config.accumulate
+        bar = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.rank == 0),
+                   unit="step", dynamic_ncols=True)
+        started, done = time.perf_counter(), 0
+        unet = self.parts.model.model.diffusion_model
+        with gradient_checkpointing(unet, config.gradient_checkpointing):
+            while self.step < config.steps:
+                mine = list(range(self.rank, config.batch_size, self.world))
+                total = 0.0
+                for part in range(config.accumulate):
+                    indices = mine[part * micro : (part + 1) * micro]
+                    sync = part == config.accumulate - 1 or self.world == 1
+                    with (nullcontext() if sync else self.trained.no_sync()):
+                        loss = self.loss(indices) * (len(indices) / local)
+                        loss.backward()
+                    total += float(loss.detach())
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                self.step += 1
+                done += 1
+                rate = done / (time.perf_counter() - started)
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.4f}", steps_s=f"{rate:.2f}")
+                if self.rank == 0:
+                    self._after_step(total, rate)
+        bar.close()
+        if self.rank == 0 and not self._checkpoint_exists(self.step):
+            self.save()
+        if self.world > 1:
+            torch.distributed.barrier()
+        return self.output / "adapter.safetensors"
+
+    def loss(self, indices: list[int]) -> Tensor:
+        """Mean diffusion loss over the given examples of the current step (plus the regulariser)."""
+        config, parts = self.config, self.parts
+        examples = [self.dataset.example(config.seed, self.step, i, config.resolution, config.caption_template,
+                                         config.class_word, config.same_image_reference, config.drop_text,
+                                         config.drop_subject) for i in indices]
+        features = self._features(examples)
+        tokens, pairs = self.trained(features)
+        context, pooled, positions = encode_captions(parts.clip, [e.caption for e in examples], self.word_id)
+        positions = [found if e.bind else [] for found, e in zip(positions, examples)]
+        core = runtime.pack().nested_core
+        step = TrainingStep(kv={key: pairs[i] for key, i in self.layers.items()},
+                            positions=core.attention.TokenPositions.from_lists(positions, self.device),
+                            track_values=config.value_norm_weight > 0)
+        with torch.no_grad():
+            latent = parts.vae.encode(torch.stack([e.target for e in examples]))
+        x0 = parts.model.model.process_latent_in(latent.clone().float().to(self.device))
+        sampling = parts.model.get_model_object("model_sampling")
+        noise, sigma = noise_and_sigma(sampling, x0.shape[1:], [f"{config.seed}:{self.step}:{i}:noise" for i in indices],
+                                       self.device)
+        noisy = sampling.noise_scaling(sigma, noise, x0)
+        options = {"patches_replace": {"attn2": self.patches}, runtime.pack().nodes.registry.STEP_KEY: step}
+        extra = self._extra_conds(pooled)
+        with self._autocast():
+            x0_pred = parts.model.model.apply_model(noisy, sigma, c_crossattn=context.to(self.device),
+                                                    transformer_options=options, **extra)
+        loss = diffusion_loss(sampling, x0_pred, x0, sigma).mean()
+        if step.value_norms:
+            loss = loss + config.value_norm_weight * torch.stack(step.value_norms).mean()
+        # Keeps every parameter in the graph when no example binds the subject (DDP needs it).
+        return loss + 0.0 * sum(t.sum() for pair in pairs for t in pair) + 0.0 * tokens.sum()
+
+    def _features(self, examples: list[Example]) -> Tensor:
+        """CLIP penultimate features of each reference (frozen; one call per reference size)."""
+        with torch.no_grad():
+            out = [self.parts.clip_vision.encode_image(e.reference[None], crop=True)["penultimate_hidden_states"]
+                   for e in examples]
+        return torch.cat(out).clone().float().to(self.device)
+
+    def _extra_conds(self, pooled: Tensor) -> dict:
+        model = self.parts.model.model
+        if not model.model_config.unet_config.get("adm_in_channels"):
+            return {}
+        size = self.config.resolution
+        adm = model.encode_adm(pooled_output=pooled.clone(), width=size, height=size, crop_w=0, crop_h=0,
+                               target_width=size, target_height=size)
+        return {"y": adm.to(self.device)}
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # --------------------------------------------------------------------- bookkeeping
+    def _after_step(self, loss: float, rate: float) -> None:
+        config = self.config
+        if self.step % config.log_every == 0 or self.step == config.steps:
+            self._log(loss, rate)
+        if config.save_every and self.step % config.save_every == 0:
+            self.save()
+        if config.sample_every and self.step % config.sample_every == 0:
+            from .samples import render_samples
+
+            render_samples(self, self.output / "samples")
+
+    def _log(self, loss: float, rate: float) -> None:
+        path = self.output / "train_log.csv"
+        self.output.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "loss", "lr", "steps_per_s", "examples_per_s"])
+            writer.writerow([self.step, f"{loss:.6f}", f"{self.scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}",
+                             f"{rate * self.config.batch_size:.3f}"])
+
+    def save(self) -> Path:
+        """Checkpoint folder written aside and renamed, so a crash never leaves half a checkpoint."""
+        core = runtime.pack().nested_core
+        folder = self.output / CHECKPOINTS / f"step_{self.step:07d}"
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        core.checkpoint.save_native(partial / "adapter.safetensors", self.adapter.config, self.adapter.state_dict())
+        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "config": dataclasses.asdict(self.config)}, partial / "state.pt")
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        latest = self.output / "adapter.safetensors"
+        shutil.copyfile(folder / "adapter.safetensors", latest.with_suffix(".partial"))
+        os.replace(latest.with_suffix(".partial"), latest)
+        log.info("saved %s", folder)
+        return folder
+
+    def _checkpoint_exists(self, step: int) -> bool:
+        return (self.output / CHECKPOINTS / f"step_{step:07d}" / "state.pt").exists()
+
+    def _resume(self) -> None:
+        folders = sorted(p for p in (self.output / CHECKPOINTS).glob("step_*") if p.is_dir() and "." not in p.name)
+        if not folders:
+            log.info("no checkpoint in %s: starting from step 0", self.output / CHECKPOINTS)
+            return
+        folder = folders[-1]
+        checkpoint = runtime.pack().nested_core.checkpoint.load_adapter_checkpoint(folder / "adapter.safetensors")
+        self.adapter.load_state_dict({k: v.to(self.device) for k, v in checkpoint.state_dict.items()}, strict=True)
+        state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        log.info("resumed from %s (step %d)", folder, self.step)
+
+
+def _token_problem(word: str) -> Optional[str]:
+    try:
+        runtime.pack().nodes.tokens.resolve_token(word)
+    except ValueError as error:
+        return str(error)
+    return None

@@ -1,0 +1,92 @@
+"""One training forward: the frozen UNet, patched by the nodes' own attn2 patch, predicts the
+noise-free latent; the loss is the model's own diffusion loss (eps or v, as the checkpoint says)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .runtime import pack
+
+
+@dataclass
+class TrainingStep:
+    """What the attn2 patches read during a training forward (the role StepState plays while
+    sampling): each example's nested keys/values per layer and its token positions."""
+
+    kv: dict                               # LayerKey -> (K~, V~) [B, N, inner], with gradients
+    positions: Any                         # TokenPositions [B, P]
+    value_norms: list = field(default_factory=list)
+    track_values: bool = False
+    run: Any = None                        # no recording while training
+
+    def subjects_for(self, layer, q: Tensor, k: Tensor, extra_options: dict) -> list:
+        core = pack().nested_core
+        if layer not in self.kv or not self.positions.rows:
+            return []
+        nested_k, nested_v = self.kv[layer]
+        if self.track_values and torch.is_grad_enabled():
+            v_star = core.maps.per_query_values(q, nested_k, nested_v, extra_options["n_heads"])
+            self.value_norms.append(v_star.pow(2).mean())
+        subject = core.attention.NestedSubject(nested_k.to(q.dtype), nested_v.to(q.dtype), self.positions)
+        return [(0, subject)]
+
+
+def patches(sites) -> dict:
+    """One NestedAttn2Patch per attn2 layer: the very object the Apply node installs."""
+    patch_class = pack().nodes.patch.NestedAttn2Patch
+    return {tuple(key): patch_class(key) for key in sites}
+
+
+def encode_captions(clip, captions: Sequence[str], word_id: int) -> tuple[Tensor, Tensor, list[list[int]]]:
+    """Frozen text encoding: context [B, L, C], pooled [B, C'], and the class word's positions."""
+    tokens_module = pack().nodes.tokens
+    contexts, pooled, positions = [], [], []
+    with torch.no_grad():
+        for caption in captions:
+            tokens = clip.tokenize(caption)
+            ids = tokens_module.prompt_tokens(tokens, caption)
+            context, pool = clip.encode_from_tokens(tokens, return_pooled=True)
+            contexts.append(context.float())
+            pooled.append(pool.float())
+            positions.append(ids.occurrences(word_id))
+    lengths = {c.shape[1] for c in contexts}
+    if len(lengths) > 1:
+        raise ValueError(f"captions of different lengths {sorted(lengths)}: keep captions under 75 tokens")
+    return torch.cat(contexts), torch.cat(pooled), positions
+
+
+def diffusion_loss(model_sampling, x0_pred: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
+    """The model's own objective, written on its x0 prediction.
+
+    eps models: MSE between predicted and true noise = |x0_pred − x0|² / σ².
+    v models:   MSE between predicted and true v = |x0_pred − x0|² / c_out², c_out = σ σd / √(σ² + σd²).
+    """
+    import comfy.model_sampling
+
+    error = (x0_pred.float() - x0.float()).pow(2).flatten(1).mean(1)
+    s = sigma.float()
+    if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):
+        data = float(model_sampling.sigma_data)
+        weight = (s**2 + data**2) / (s**2 * data**2)
+    elif isinstance(model_sampling, comfy.model_sampling.EPS):
+        weight = 1.0 / s**2
+    else:
+        raise ValueError(f"unsupported prediction type {type(model_sampling).__name__} (eps and v are supported)")
+    return error * weight
+
+
+def noise_and_sigma(model_sampling, latent_shape: Sequence[int], seeds: Sequence[str], device) -> tuple[Tensor, Tensor]:
+    """Per-example noise and a uniform timestep's sigma, from per-example seeds (process independent)."""
+    noise, sigmas = [], []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(hashlib.sha256(seed.encode()).hexdigest()[:15], 16))
+        noise.append(torch.randn(tuple(latent_shape), generator=gen))
+        timestep = random.Random(seed).randrange(len(model_sampling.sigmas))
+        sigmas.append(model_sampling.sigmas[timestep].float().cpu())
+    return torch.stack(noise).to(device), torch.stack(sigmas).to(device)

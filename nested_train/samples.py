@@ -1,0 +1,47 @@
+"""Preview images during training, made through the nodes' inference path."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import runtime
+
+
+def render_samples(trainer: Any, folder: Path) -> list[Path]:
+    """Save the current adapter, load it as Load Nested Adapter would, encode the first subject's
+    first photo, bind it, sample each preview prompt and save the images."""
+    import comfy.sample
+
+    pack = runtime.pack()
+    nodes, core = pack.nodes, pack.nested_core
+    config, parts = trainer.config, trainer.parts
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "adapter.safetensors"
+        core.checkpoint.save_native(path, trainer.adapter.config, trainer.adapter.state_dict())
+        adapter = nodes.adapter_runtime.load_adapter(str(path), f"step {trainer.step}")
+    photo = trainer.dataset.subjects[0].photos[0]
+    image = torch.from_numpy(trainer.dataset._pixels(photo.path))[None]
+    subject = nodes.subject_nodes.encode_subject(adapter, parts.clip_vision, image)
+    model = nodes.apply_subject.apply_subject(parts.model, adapter, subject, config.class_word)
+    negative = nodes.text_node.NestedTextEncode.execute(parts.clip, "").args[0]
+    size = config.resolution // 8
+    written = []
+    for number, template in enumerate(config.sample_prompts):
+        text = template.format(word=config.class_word)
+        positive = nodes.text_node.NestedTextEncode.execute(parts.clip, text).args[0]
+        latent = torch.zeros(1, 4, size, size)
+        with torch.no_grad():
+            samples = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, config.seed), config.sample_steps,
+                                          5.0, "euler", "normal", positive, negative, latent, seed=config.seed)
+            pixels = parts.vae.decode(samples)
+        out = folder / f"step_{trainer.step:07d}_{number}.png"
+        Image.fromarray((pixels[0].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)).save(out)
+        written.append(out)
+    return written
