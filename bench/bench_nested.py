@@ -37,17 +37,26 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nested_dev.comfy_env import load_pack, prepare_comfyui  # noqa: E402
 
-SDXL_WIDTHS = dict(model_channels=320, channel_mult=[1, 2, 4], num_res_blocks=[1, 1, 1], transformer_depth=[0, 2, 2],
-                   transformer_depth_middle=2, transformer_depth_output=[0, 0, 2, 2, 2, 2], context_dim=2048,
-                   num_head_channels=64, num_heads=-1, adm_in_channels=2816, num_classes="sequential",
-                   use_linear_in_transformer=True, in_channels=4, out_channels=4, image_size=32,
-                   use_spatial_transformer=True, legacy=False, use_temporal_attention=False,
-                   use_temporal_resblock=False, use_checkpoint=False)
+SDXL_WIDTHS = dict(
+    model_channels=320,
+    channel_mult=[1, 2, 4],
+    num_res_blocks=[1, 1, 1],
+    transformer_depth=[0, 2, 2],
+    transformer_depth_middle=2,
+    transformer_depth_output=[0, 0, 2, 2, 2, 2],
+    context_dim=2048,
+    num_head_channels=64,
+    num_heads=-1,
+    adm_in_channels=2816,
+    num_classes="sequential",
+    use_linear_in_transformer=True,
+)  # the rest: nested_dev.tiny_models.UNET_COMMON
 
 
 # PyTorch counts the FLOPs of its GPU attention kernels but not of the CPU flash kernel; same formula.
 flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(
-    lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v))
+    lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v)
+)
 
 
 def clock(cuda: bool) -> float:
@@ -71,8 +80,11 @@ class TensorWatch(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in torch.utils._pytree.tree_leaves((args, kwargs))
-                  if isinstance(a, torch.Tensor)}
+        inputs = {
+            a.untyped_storage().data_ptr()
+            for a in torch.utils._pytree.tree_leaves((args, kwargs))
+            if isinstance(a, torch.Tensor)
+        }
         for t in out if isinstance(out, (tuple, list)) else (out,):
             # outputs that share an input's storage are views or in-place results, not allocations
             if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.untyped_storage().data_ptr() not in inputs:
@@ -103,9 +115,13 @@ def build_case(pack, model, tokens: int, subjects: int, folder: Path):
     sites = pack.nodes.model_layers.attn2_sites(model)
     keys = tuple(core.layers.diffusers_order(sites))
     config = core.adapter.AdapterConfig(
-        qformer=core.qformer.QFormerConfig(num_queries=tokens, dim=64, depth=1, heads=1, head_dim=64, ff_mult=1,
-                                           in_dim=64, out_dim=2048),
-        layer_dims=tuple(sites[k].inner_dim for k in keys), layer_keys=keys, base_family="sdxl-widths")
+        qformer=core.qformer.QFormerConfig(
+            num_queries=tokens, dim=64, depth=1, heads=1, head_dim=64, ff_mult=1, in_dim=64, out_dim=2048
+        ),
+        layer_dims=tuple(sites[k].inner_dim for k in keys),
+        layer_keys=keys,
+        base_family="sdxl-widths",
+    )
     adapter_module = core.adapter.NestedAdapter(config)
     path = folder / f"bench_{tokens}.safetensors"
     if not path.exists():
@@ -114,7 +130,9 @@ def build_case(pack, model, tokens: int, subjects: int, folder: Path):
     words = ["person", "dog", "cat", "woman"]
     for index in range(subjects):
         gen = torch.Generator().manual_seed(index)
-        subject = core.subject.SubjectTokens(torch.randn(1, tokens, 2048, generator=gen), adapter.fingerprint, 1, "average")
+        subject = core.subject.SubjectTokens(
+            torch.randn(1, tokens, 2048, generator=gen), adapter.fingerprint, 1, "average"
+        )
         model = pack.nodes.apply_subject.apply_subject(model, adapter, subject, words[index])
     return model
 
@@ -136,8 +154,9 @@ def conditioning(pack, words: int):
     return entry(True), entry(False)
 
 
-def time_unet(model, positive, negative, latent: int, repeats: int,
-              measure: bool) -> tuple[list[float], TensorWatch, int]:
+def time_unet(
+    model, positive, negative, latent: int, repeats: int, measure: bool
+) -> tuple[list[float], TensorWatch, int]:
     """Evaluate the model `repeats` times at one sigma through ComfyUI's sampler path, then, when
     asked, once more under watch for memory and FLOPs."""
     import comfy.sample
@@ -149,7 +168,7 @@ def time_unet(model, positive, negative, latent: int, repeats: int,
 
     def sampler_function(model_k, x, sigmas, extra_args=None, callback=None, disable=None):
         s_in = x.new_ones([x.shape[0]])
-        model_k(x, sigmas[0] * s_in, **extra_args)                     # warm-up, caches filled
+        model_k(x, sigmas[0] * s_in, **extra_args)  # warm-up, caches filled
         for _ in range(repeats):
             start = clock(x.is_cuda)
             model_k(x, sigmas[0] * s_in, **extra_args)
@@ -172,15 +191,24 @@ def time_unet(model, positive, negative, latent: int, repeats: int,
     empty = torch.zeros(1, 4, latent, latent)
     sigmas = torch.tensor([5.0, 0.0])
     with torch.inference_mode():
-        comfy.sample.sample_custom(model, torch.randn_like(empty), 5.0, comfy.samplers.KSAMPLER(sampler_function), sigmas,
-                                   positive, negative, empty, seed=0)
+        comfy.sample.sample_custom(
+            model,
+            torch.randn_like(empty),
+            5.0,
+            comfy.samplers.KSAMPLER(sampler_function),
+            sigmas,
+            positive,
+            negative,
+            empty,
+            seed=0,
+        )
     return times, watch, flops[0]
 
 
 def unet_table(pack, args) -> list[str]:
-    from nested_dev import tiny_models
-
     import comfy.model_management as mm
+
+    from nested_dev import tiny_models
 
     base = tiny_models.build_unet("sdxl", unet=SDXL_WIDTHS, dtype=args.dtype)
     base.model.to(mm.get_torch_device())
@@ -192,7 +220,7 @@ def unet_table(pack, args) -> list[str]:
     watches: dict[tuple, TensorWatch] = {}
     flops: dict[tuple, int] = {}
     order = random.Random(0)
-    for round_index in range(args.rounds):          # interleaved, shuffled rounds: noise hits all alike
+    for round_index in range(args.rounds):  # interleaved, shuffled rounds: noise hits all alike
         for c in order.sample(configs, len(configs)):
             last = round_index == args.rounds - 1
             times, watch, counted = time_unet(models[c], *conds[c[1]], args.latent, args.repeats, measure=last)
@@ -203,17 +231,23 @@ def unet_table(pack, args) -> list[str]:
     plain_memory = watches[(0, 0)].peak
     sites = len(pack.nodes.model_layers.attn2_sites(base))
     timer = "GPU time" if torch.cuda.is_available() and args.gpu else "CPU time"
-    rows = [f"UNet with SDXL widths ({sites} attn2 layers), latent {args.latent}x{args.latent} "
-            f"(image {8 * args.latent}px), batch cond+uncond, {args.dtype}, best {timer} of "
-            f"{len(samples[(0, 0)])} evaluations each", "",
-            f"| nested tokens | subjects | {timer} (ms) | time ratio | GFLOP | FLOP ratio | peak memory (MiB) | "
-            "memory ratio | largest tensor |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        f"UNet with SDXL widths ({sites} attn2 layers), latent {args.latent}x{args.latent} "
+        f"(image {8 * args.latent}px), batch cond+uncond, {args.dtype}, best {timer} of "
+        f"{len(samples[(0, 0)])} evaluations each",
+        "",
+        f"| nested tokens | subjects | {timer} (ms) | time ratio | GFLOP | FLOP ratio | peak memory (MiB) | "
+        "memory ratio | largest tensor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in configs:
         best = min(samples[c])
         watch = watches[c]
-        rows.append(f"| {c[0] or '-'} | {c[1]} | {1000 * best:.0f} | {best / plain_time:.3f} | "
-                    f"{flops[c] / 1e9:.2f} | {flops[c] / flops[(0, 0)]:.4f} | {watch.peak / 2**20:.1f} | "
-                    f"{watch.peak / plain_memory:.3f} | {list(watch.largest[1])} |")
+        rows.append(
+            f"| {c[0] or '-'} | {c[1]} | {1000 * best:.0f} | {best / plain_time:.3f} | "
+            f"{flops[c] / 1e9:.2f} | {flops[c] / flops[(0, 0)]:.4f} | {watch.peak / 2**20:.1f} | "
+            f"{watch.peak / plain_memory:.3f} | {list(watch.largest[1])} |"
+        )
     return rows
 
 
@@ -223,32 +257,44 @@ def layer_table(pack, args) -> list[str]:
 
     core = pack.nested_core
     device = mm.get_torch_device()
-    rows = ["", f"One attn2 layer at SDXL 1024x1024 shapes, batch cond+uncond, context 77, {args.dtype}", "",
-            "| queries | heads x 64 | nested tokens | subjects | plain (ms) | nested (ms) | ratio | largest tensor |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "",
+        f"One attn2 layer at SDXL 1024x1024 shapes, batch cond+uncond, context 77, {args.dtype}",
+        "",
+        "| queries | heads x 64 | nested tokens | subjects | plain (ms) | nested (ms) | ratio | largest tensor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for queries, heads in ((4096, 10), (1024, 20)):
         width = heads * 64
         gen = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(2, n, width, generator=gen).to(device, args.dtype) for n in (queries, 77, 77))
         for tokens in args.tokens:
             for count in (1, 4):
-                subjects = [core.attention.NestedSubject(
-                    torch.randn(1, tokens, width, generator=gen).to(device, args.dtype),
-                    torch.randn(1, tokens, width, generator=gen).to(device, args.dtype),
-                    core.attention.TokenPositions.from_lists([[5 + 3 * i], []], device)) for i in range(count)]
+                subjects = [
+                    core.attention.NestedSubject(
+                        torch.randn(1, tokens, width, generator=gen).to(device, args.dtype),
+                        torch.randn(1, tokens, width, generator=gen).to(device, args.dtype),
+                        core.attention.TokenPositions.from_lists([[5 + 3 * i], []], device),
+                    )
+                    for i in range(count)
+                ]
 
-                def plain():
+                def plain(q=q, k=k, v=v, heads=heads):
                     return optimized_attention(q, k, v, heads)
 
-                def nested():
-                    return core.attention.nested_attention(q, k, v, heads, subjects, base=optimized_attention(q, k, v, heads))
+                def nested(q=q, k=k, v=v, heads=heads, subjects=subjects):
+                    return core.attention.nested_attention(
+                        q, k, v, heads, subjects, base=optimized_attention(q, k, v, heads)
+                    )
 
                 plain_ms, nested_ms = _interleaved(plain, nested, args.rounds * args.repeats, q.is_cuda)
                 watch = TensorWatch()
                 with watch:
                     nested()
-                rows.append(f"| {queries} | {heads} | {tokens} | {count} | {plain_ms:.2f} | {nested_ms:.2f} | "
-                            f"{nested_ms / plain_ms:.2f} | {list(watch.largest[1])} |")
+                rows.append(
+                    f"| {queries} | {heads} | {tokens} | {count} | {plain_ms:.2f} | {nested_ms:.2f} | "
+                    f"{nested_ms / plain_ms:.2f} | {list(watch.largest[1])} |"
+                )
     return rows
 
 
@@ -278,7 +324,11 @@ def main() -> None:
     prepare_comfyui(cpu=not args.gpu)
     pack = load_pack()
     cpu = platform.processor() or platform.machine()
-    device = torch.cuda.get_device_name() if args.gpu and torch.cuda.is_available() else f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    device = (
+        torch.cuda.get_device_name()
+        if args.gpu and torch.cuda.is_available()
+        else f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    )
     lines = [f"Nested Attention benchmark on {device}, torch {torch.__version__}", ""]
     if not args.skip_unet:
         lines += unet_table(pack, args)

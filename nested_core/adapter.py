@@ -26,8 +26,8 @@ class AdapterConfig:
     qformer: QFormerConfig
     layer_dims: tuple[int, ...]
     layer_keys: Optional[tuple[LayerKey, ...]] = None
-    base_family: str = "custom"     # "sd15", "sdxl" or "custom": a label for messages
-    class_word: str = ""            # the word the adapter was trained with, e.g. "person"
+    base_family: str = "custom"  # "sd15", "sdxl" or "custom": a label for messages
+    class_word: str = ""  # the word the adapter was trained with, e.g. "person"
 
     @property
     def num_tokens(self) -> int:

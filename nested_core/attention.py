@@ -39,13 +39,15 @@ class TokenPositions:
     repeats it), padded to a common length; ``valid[r]`` says which entries are real.
     """
 
-    index: Tensor            # [B, P] long
-    valid: Tensor            # [B, P] bool
-    rows: tuple[int, ...]    # batch rows with at least one position
-    row_index: Tensor        # [len(rows)] long, the same rows on the tensors' device
+    index: Tensor  # [B, P] long
+    valid: Tensor  # [B, P] bool
+    rows: tuple[int, ...]  # batch rows with at least one position
+    row_index: Tensor  # [len(rows)] long, the same rows on the tensors' device
 
     @classmethod
-    def from_lists(cls, per_row: Sequence[Sequence[int]], device: "torch.device | str | None" = None) -> "TokenPositions":
+    def from_lists(
+        cls, per_row: Sequence[Sequence[int]], device: "torch.device | str | None" = None
+    ) -> "TokenPositions":
         """Build from one list of context positions per batch row (empty list: no s* in that row)."""
         width = max([len(p) for p in per_row] + [1])
         index = torch.zeros(len(per_row), width, dtype=torch.long)
@@ -77,11 +79,11 @@ class NestedSubject:
     s* is never changed, so the token keeps drawing the attention its class word draws.
     """
 
-    keys: Tensor                          # K~: [B or 1, N, H*D]
-    values: Tensor                        # V~: [B or 1, N, H*D]
+    keys: Tensor  # K~: [B or 1, N, H*D]
+    values: Tensor  # V~: [B or 1, N, H*D]
     positions: TokenPositions
     weight: float = 1.0
-    query_mask: Optional[Tensor] = None   # [B or 1, Lq], where the subject may act
+    query_mask: Optional[Tensor] = None  # [B or 1, Lq], where the subject may act
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:
@@ -134,28 +136,28 @@ def nested_attention(
             return t
         return t if whole else t.index_select(0, row_index.to(t.device))
 
-    qh = split_heads(select(q), heads)                       # [R, H, Lq, D]
-    kh = split_heads(select(k), heads)                       # [R, H, Lctx, D]
-    index = torch.cat([select(s.positions.index) for s in subjects], dim=1)   # [R, Pt]
-    valid = torch.cat([select(s.positions.valid) for s in subjects], dim=1)   # [R, Pt]
+    qh = split_heads(select(q), heads)  # [R, H, Lq, D]
+    kh = split_heads(select(k), heads)  # [R, H, Lctx, D]
+    index = torch.cat([select(s.positions.index) for s in subjects], dim=1)  # [R, Pt]
+    valid = torch.cat([select(s.positions.valid) for s in subjects], dim=1)  # [R, Pt]
 
-    acc = torch.promote_types(q.dtype, torch.float32)        # float32, or float64 for float64 inputs
-    weights = _weights_at(qh, kh, index, valid).to(acc)      # a_p: [R, H, Lq, Pt]
-    v_at = split_heads(_gather_positions(select(v), index), heads).to(acc)   # V_p: [R, H, Pt, D]
+    acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    weights = _weights_at(qh, kh, index, valid).to(acc)  # a_p: [R, H, Lq, Pt]
+    v_at = split_heads(_gather_positions(select(v), index), heads).to(acc)  # V_p: [R, H, Pt, D]
 
     correction = torch.zeros(qh.shape, dtype=acc, device=q.device)
     column = 0
     for subject in subjects:
         width = subject.positions.width
-        a = weights[..., column : column + width]            # [R, H, Lq, P]
-        v_p = v_at[:, :, column : column + width]            # [R, H, P, D]
+        a = weights[..., column : column + width]  # [R, H, Lq, P]
+        v_p = v_at[:, :, column : column + width]  # [R, H, P, D]
         column += width
         nested_k = split_heads(select(subject.keys), heads).to(qh.dtype)
         nested_v = split_heads(select(subject.values), heads).to(qh.dtype)
-        v_star = F.scaled_dot_product_attention(               # Eq. 1: [R, H, Lq, D]
+        v_star = F.scaled_dot_product_attention(  # Eq. 1: [R, H, Lq, D]
             qh, nested_k.expand(qh.shape[0], -1, -1, -1), nested_v.expand(qh.shape[0], -1, -1, -1)
         ).to(acc)
-        delta = a.sum(-1, keepdim=True) * v_star - a @ v_p     # Σ_p a_p (v*_q − V_p)
+        delta = a.sum(-1, keepdim=True) * v_star - a @ v_p  # Σ_p a_p (v*_q − V_p)
         correction += _scale(subject, select, delta)
 
     out_rows = (select(base).to(acc) + merge_heads(correction)).to(base.dtype)
@@ -183,8 +185,8 @@ def _weights_at(qh: Tensor, kh: Tensor, index: Tensor, valid: Tensor) -> Tensor:
     rows, heads, _, dim = qh.shape
     context = kh.shape[2]
     total = index.shape[1]
-    one_hot = F.one_hot(index, context).to(qh.dtype) * valid.unsqueeze(-1).to(qh.dtype)   # [R, Pt, Lctx]
-    picks = one_hot.transpose(1, 2)                                                       # [R, Lctx, Pt]
+    one_hot = F.one_hot(index, context).to(qh.dtype) * valid.unsqueeze(-1).to(qh.dtype)  # [R, Pt, Lctx]
+    picks = one_hot.transpose(1, 2)  # [R, Lctx, Pt]
     blocks = []
     for start in range(0, total, dim):
         block = picks[..., start : start + dim]
@@ -205,5 +207,5 @@ def _scale(subject: NestedSubject, select, delta: Tensor) -> Tensor:
     """Apply the subject's weight and query mask to its correction [R, H, Lq, D]."""
     if subject.query_mask is None:
         return delta * subject.weight if subject.weight != 1.0 else delta
-    mask = select(subject.query_mask).to(device=delta.device, dtype=delta.dtype)         # [R|1, Lq]
+    mask = select(subject.query_mask).to(device=delta.device, dtype=delta.dtype)  # [R|1, Lq]
     return delta * (mask[:, None, :, None] * subject.weight)

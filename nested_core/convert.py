@@ -22,8 +22,9 @@ log = logging.getLogger("nested_core.convert")
 _DTYPES = {"keep": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def convert(source: str, destination: str, class_word: Optional[str] = None, dtype: str = "keep",
-            force: bool = False) -> None:
+def convert(
+    source: str, destination: str, class_word: Optional[str] = None, dtype: str = "keep", force: bool = False
+) -> None:
     """Read ``source`` (any supported layout) and write it as a native adapter to ``destination``."""
     if os.path.abspath(source) == os.path.abspath(destination):
         raise NestedAttentionError("the destination is the source file; choose another name")
@@ -34,8 +35,14 @@ def convert(source: str, destination: str, class_word: Optional[str] = None, dty
     if class_word is not None:
         config = dataclasses.replace(config, class_word=class_word)
     save_native(destination, config, checkpoint.state_dict, _DTYPES[dtype])
-    log.info("read %s (%s, %s); wrote native adapter %s: %s", source, checkpoint.format,
-             checkpoint.container, destination, config.describe())
+    log.info(
+        "read %s (%s, %s); wrote native adapter %s: %s",
+        source,
+        checkpoint.format,
+        checkpoint.container,
+        destination,
+        config.describe(),
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

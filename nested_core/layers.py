@@ -58,7 +58,7 @@ def ip_adapter_number(index: int) -> int:
 class SiteShape:
     """What the adapter must match at one attn2 site of a model."""
 
-    inner_dim: int    # heads * head width of the layer (output width of to_k / to_v)
+    inner_dim: int  # heads * head width of the layer (output width of to_k / to_v)
     context_dim: int  # width of the text context the layer attends to
 
 
@@ -66,9 +66,9 @@ class SiteShape:
 class LayerBinding:
     """Which adapter layer serves which model site, and what could not be matched."""
 
-    index_of: Mapping[LayerKey, int]      # model site -> adapter layer index
-    unserved: tuple[LayerKey, ...]        # model sites the adapter has no weights for (skipped)
-    unused: tuple[str, ...]               # adapter layers the model does not have
+    index_of: Mapping[LayerKey, int]  # model site -> adapter layer index
+    unserved: tuple[LayerKey, ...]  # model sites the adapter has no weights for (skipped)
+    unused: tuple[str, ...]  # adapter layers the model does not have
 
 
 def bind_layers(

@@ -28,8 +28,12 @@ def subject_attention(q: Tensor, k: Tensor, heads: int, index: Tensor, valid: Te
 
     ``index`` / ``valid`` [B, P] are the positions of s* per row, as in TokenPositions.
     """
-    logits = split_heads(q, heads).float() @ split_heads(k, heads).float().transpose(-1, -2) / math.sqrt(q.shape[-1] // heads)
-    weights = torch.softmax(logits, dim=-1)                                   # [B, H, Lq, Lctx]
+    logits = (
+        split_heads(q, heads).float()
+        @ split_heads(k, heads).float().transpose(-1, -2)
+        / math.sqrt(q.shape[-1] // heads)
+    )
+    weights = torch.softmax(logits, dim=-1)  # [B, H, Lq, Lctx]
     picked = torch.gather(weights, 3, index[:, None, None, :].expand(-1, heads, weights.shape[2], -1))
     return (picked * valid[:, None, None, :]).sum(-1)
 
@@ -55,11 +59,11 @@ def qformer_patch_maps(attention_maps: Sequence[Tensor], num_tokens: int) -> Ten
     the class token and the latents are dropped and each map renormalised.
     """
     mean = torch.stack([m.float() for m in attention_maps]).mean(dim=(0, 2))  # [M, N, P + N]
-    features = mean.shape[2] - num_tokens                                      # drop the latents
+    features = mean.shape[2] - num_tokens  # drop the latents
     if math.isqrt(features - 1) ** 2 == features - 1:
-        patches = mean[:, :, 1:features]                                       # and the class token
+        patches = mean[:, :, 1:features]  # and the class token
     elif math.isqrt(features) ** 2 == features:
-        patches = mean[:, :, :features]                                        # encoders without one
+        patches = mean[:, :, :features]  # encoders without one
     else:
         raise ValueError(f"{features} CLIP features do not form a square patch grid")
     grid = math.isqrt(patches.shape[2])

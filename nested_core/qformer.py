@@ -30,14 +30,14 @@ TORCH_OPS = SimpleNamespace(Linear=nn.Linear, LayerNorm=nn.LayerNorm)
 class QFormerConfig:
     """Hyperparameters of the Q-Former; the defaults are IP-Adapter-Plus SDXL (ViT-H)."""
 
-    num_queries: int = 16   # learned queries = nested tokens per subject
-    dim: int = 1280         # width of the latents
-    depth: int = 4          # attention + feed-forward layers
+    num_queries: int = 16  # learned queries = nested tokens per subject
+    dim: int = 1280  # width of the latents
+    depth: int = 4  # attention + feed-forward layers
     heads: int = 20
     head_dim: int = 64
     ff_mult: int = 4
-    in_dim: int = 1280      # CLIP vision hidden width (1280 for ViT-H/14)
-    out_dim: int = 2048     # UNet cross-attention (context) width
+    in_dim: int = 1280  # CLIP vision hidden width (1280 for ViT-H/14)
+    out_dim: int = 2048  # UNet cross-attention (context) width
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -22,11 +22,11 @@ FORMAT_VERSION = 1
 class SubjectTokens:
     """The nested tokens of one subject and the adapter whose encoder made them."""
 
-    tokens: Tensor            # [1, T, C] float32, on the CPU
+    tokens: Tensor  # [1, T, C] float32, on the CPU
     adapter_fingerprint: str  # see adapter.fingerprint
-    num_images: int           # reference images combined into these tokens
-    combine: str              # how they were combined ("average" or "concat")
-    patch_maps: Optional[Tensor] = None   # [T, g, g]: each token's Q-Former attention over the CLIP patch grid
+    num_images: int  # reference images combined into these tokens
+    combine: str  # how they were combined ("average" or "concat")
+    patch_maps: Optional[Tensor] = None  # [T, g, g]: each token's Q-Former attention over the CLIP patch grid
     token_photo: Optional[Tensor] = None  # [T] long: the photo each token came from (-1: averaged over photos)
 
     @property
@@ -46,13 +46,17 @@ def save_subject(path: "str | os.PathLike[str]", subject: SubjectTokens) -> None
     if subject.patch_maps is not None and subject.token_photo is not None:
         tensors["patch_maps"] = subject.patch_maps.detach().to("cpu", torch.float32).contiguous()
         tensors["token_photo"] = subject.token_photo.detach().to("cpu", torch.int64).contiguous()
-    save_file(tensors, partial, metadata={
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "adapter_fingerprint": subject.adapter_fingerprint,
-        "num_images": str(subject.num_images),
-        "combine": subject.combine,
-    })
+    save_file(
+        tensors,
+        partial,
+        metadata={
+            "format": FORMAT_NAME,
+            "format_version": str(FORMAT_VERSION),
+            "adapter_fingerprint": subject.adapter_fingerprint,
+            "num_images": str(subject.num_images),
+            "combine": subject.combine,
+        },
+    )
     os.replace(partial, path)
 
 
@@ -61,15 +65,25 @@ def load_subject(path: "str | os.PathLike[str]") -> SubjectTokens:
     raw = read_checkpoint(path)
     meta = raw.metadata
     if meta.get("format") != FORMAT_NAME:
-        raise AdapterFileError(raw.path, f"a file with format={meta.get('format')!r}",
-                               f"a subject file (format='{FORMAT_NAME}') written by the Save Subject node")
+        raise AdapterFileError(
+            raw.path,
+            f"a file with format={meta.get('format')!r}",
+            f"a subject file (format='{FORMAT_NAME}') written by the Save Subject node",
+        )
     if not meta.get("format_version", "").isdigit() or int(meta["format_version"]) > FORMAT_VERSION:
-        raise AdapterFileError(raw.path, f"format_version {meta.get('format_version')!r}",
-                               f"version {FORMAT_VERSION} or older", "Update the pack to read newer subject files.")
+        raise AdapterFileError(
+            raw.path,
+            f"format_version {meta.get('format_version')!r}",
+            f"version {FORMAT_VERSION} or older",
+            "Update the pack to read newer subject files.",
+        )
     if not _layout_ok(raw):
         found = ", ".join(f"'{n}' {list(i.shape)} {i.dtype}" for n, i in raw.info.items()) or "no tensors"
-        raise AdapterFileError(raw.path, found, "a float tensor 'tokens' [1, T, C], optionally with 'patch_maps' "
-                               "[T, g, g] and 'token_photo' [T]")
+        raise AdapterFileError(
+            raw.path,
+            found,
+            "a float tensor 'tokens' [1, T, C], optionally with 'patch_maps' [T, g, g] and 'token_photo' [T]",
+        )
     tensors = load_finite(raw)
     num_images = meta.get("num_images", "1")
     return SubjectTokens(
@@ -90,9 +104,14 @@ def _layout_ok(raw) -> bool:
     if set(info) == {"tokens"}:
         return True
     maps, photo = info.get("patch_maps"), info.get("token_photo")
-    return (set(info) == {"tokens", "patch_maps", "token_photo"} and len(maps.shape) == 3
-            and maps.shape[0] == tokens.shape[1] and _is_float(maps.dtype)
-            and photo.shape == (tokens.shape[1],) and photo.dtype == torch.int64)
+    return (
+        set(info) == {"tokens", "patch_maps", "token_photo"}
+        and len(maps.shape) == 3
+        and maps.shape[0] == tokens.shape[1]
+        and _is_float(maps.dtype)
+        and photo.shape == (tokens.shape[1],)
+        and photo.dtype == torch.int64
+    )
 
 
 def _is_float(dtype) -> bool:

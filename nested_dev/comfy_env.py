@@ -37,7 +37,8 @@ def locate_comfyui() -> Path:
     raise RuntimeError(
         "no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install the pack into "
         "ComfyUI/custom_nodes, or run './dev test' which installs one (tried: "
-        + ", ".join(str(c) for c in candidates) + ")"
+        + ", ".join(str(c) for c in candidates)
+        + ")"
     )
 
 
@@ -70,8 +71,8 @@ def prepare_comfyui(root: Optional[Path] = None, cpu: bool = True) -> Path:
         sys.path.insert(0, str(root))
     # As in main.py: ComfyUI's `utils` package must be imported before `nodes`, which puts comfy/
     # (holding a utils.py) first on sys.path.
-    import utils.extra_config  # noqa: F401
     import comfy.cli_args
+    import utils.extra_config  # noqa: F401
 
     if "comfy.model_management" not in sys.modules:
         comfy.cli_args.args.cpu = cpu
@@ -95,7 +96,10 @@ def use_folders(base: Path) -> None:
     for name in ("checkpoints", "diffusion_models", "clip", "clip_vision", "vae", "nested_adapters", "nested_subjects"):
         (models / name).mkdir(parents=True, exist_ok=True)
         paths, extensions = folder_paths.folder_names_and_paths.get(name, ([], folder_paths.supported_pt_extensions))
-        folder_paths.folder_names_and_paths[name] = ([str(models / name)], extensions or folder_paths.supported_pt_extensions)
+        folder_paths.folder_names_and_paths[name] = (
+            [str(models / name)],
+            extensions or folder_paths.supported_pt_extensions,
+        )
 
 
 def load_pack() -> types.ModuleType:

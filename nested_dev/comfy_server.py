@@ -66,8 +66,17 @@ def environment(scratch: Path) -> dict[str, str]:
 
 
 def command(base: Path, *extra: str) -> list[str]:
-    return [sys.executable, "main.py", "--cpu", "--disable-api-nodes", "--base-directory", str(base),
-            "--database-url", "sqlite:///:memory:", *extra]
+    return [
+        sys.executable,
+        "main.py",
+        "--cpu",
+        "--disable-api-nodes",
+        "--base-directory",
+        str(base),
+        "--database-url",
+        "sqlite:///:memory:",
+        *extra,
+    ]
 
 
 def free_port() -> int:
@@ -91,8 +100,12 @@ class Server:
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             command(self.base, "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"),
-            cwd=runnable_root(self.scratch), env=environment(self.scratch), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=runnable_root(self.scratch),
+            env=environment(self.scratch),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

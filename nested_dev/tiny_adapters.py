@@ -17,8 +17,9 @@ TINY_QFORMER = dict(num_queries=4, dim=32, depth=2, heads=2, head_dim=16, ff_mul
 TINY_IPA_QFORMER = dict(num_queries=4, dim=128, depth=2, heads=2, head_dim=64, ff_mult=4, in_dim=48)
 
 
-def tiny_adapter(kind: str, seed: int = 0, ip_adapter_layout: bool = False, class_word: str = "person",
-                 scale: float = 0.3):
+def tiny_adapter(
+    kind: str, seed: int = 0, ip_adapter_layout: bool = False, class_word: str = "person", scale: float = 0.3
+):
     """A NestedAdapter (the pack's class) whose layers match the tiny UNet of ``kind``."""
     pack = load_pack()
     core: ModuleType = pack.nested_core
@@ -29,7 +30,8 @@ def tiny_adapter(kind: str, seed: int = 0, ip_adapter_layout: bool = False, clas
         qformer=core.qformer.QFormerConfig(**settings),
         layer_dims=tuple(sites[k].inner_dim for k in keys),
         layer_keys=None if ip_adapter_layout else keys,
-        base_family=f"tiny-{kind}", class_word=class_word,
+        base_family=f"tiny-{kind}",
+        class_word=class_word,
     )
     adapter = core.adapter.NestedAdapter(config)
     gen = torch.Generator().manual_seed(seed)
@@ -44,8 +46,9 @@ def tiny_adapter(kind: str, seed: int = 0, ip_adapter_layout: bool = False, clas
     return adapter.eval()
 
 
-def write_tiny_adapter(path: Path, kind: str, seed: int = 0, ip_adapter_layout: bool = False,
-                       class_word: str = "person") -> Path:
+def write_tiny_adapter(
+    path: Path, kind: str, seed: int = 0, ip_adapter_layout: bool = False, class_word: str = "person"
+) -> Path:
     """Write a tiny adapter in the native format, or in the IP-Adapter-Plus layout."""
     adapter = tiny_adapter(kind, seed, ip_adapter_layout, class_word)
     core = load_pack().nested_core
@@ -54,14 +57,8 @@ def write_tiny_adapter(path: Path, kind: str, seed: int = 0, ip_adapter_layout: 
     if not ip_adapter_layout:
         core.checkpoint.save_native(path, adapter.config, adapter.state_dict())
         return path
-    state = {}
-    for name, tensor in adapter.state_dict().items():
-        if name.startswith("qformer."):
-            state["image_proj." + name[len("qformer."):]] = tensor.contiguous()
-        else:
-            _, index, projection, _ = name.split(".")
-            state[f"ip_adapter.{core.layers.ip_adapter_number(int(index))}.{projection}_ip.weight"] = tensor.contiguous()
-    save_file(state, path)
+    state = core.checkpoint.ipadapter.to_ip_adapter_layout(adapter.state_dict())
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, path)
     return path
 
 
@@ -73,8 +70,9 @@ def write_tiny_subject(path: Path, adapter, seed: int = 0, tokens: int | None = 
     fingerprint = core.adapter.fingerprint(adapter.config, adapter.state_dict())
     subject = core.subject.SubjectTokens(
         tokens=torch.randn(1, count, adapter.config.context_dim, generator=gen),
-        adapter_fingerprint=fingerprint, num_images=1, combine="average",
+        adapter_fingerprint=fingerprint,
+        num_images=1,
+        combine="average",
     )
     core.subject.save_subject(path, subject)
     return Path(path)
-

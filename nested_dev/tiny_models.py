@@ -12,8 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-
 import comfy.clip_vision
 import comfy.model_management as mm
 import comfy.model_patcher
@@ -23,25 +21,64 @@ import comfy.sdxl_clip
 import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
+import torch
 
-_COMMON = dict(in_channels=4, out_channels=4, image_size=32, use_spatial_transformer=True, legacy=False,
-               use_temporal_attention=False, use_temporal_resblock=False, use_checkpoint=False)
+#: Settings every UNet built here shares (ComfyUI's SD-family UNet, no temporal layers).
+UNET_COMMON = dict(
+    in_channels=4,
+    out_channels=4,
+    image_size=32,
+    use_spatial_transformer=True,
+    legacy=False,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
+    use_checkpoint=False,
+)
 
 UNET_CONFIGS: dict[str, dict[str, Any]] = {
-    "sd15": dict(_COMMON, model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
-                 transformer_depth=[1, 1, 0], transformer_depth_middle=1, transformer_depth_output=[1, 1, 1, 1, 0, 0],
-                 use_linear_in_transformer=False, context_dim=32, num_heads=2, num_head_channels=-1,
-                 adm_in_channels=None),
-    "sdxl": dict(_COMMON, model_channels=32, channel_mult=[1, 2, 2], num_res_blocks=[1, 1, 1],
-                 transformer_depth=[0, 1, 2], transformer_depth_middle=2, transformer_depth_output=[0, 0, 1, 1, 2, 2],
-                 use_linear_in_transformer=True, context_dim=64, num_head_channels=16, num_heads=-1,
-                 adm_in_channels=32 + 6 * 256, num_classes="sequential"),
+    "sd15": dict(
+        model_channels=32,
+        channel_mult=[1, 2, 2],
+        num_res_blocks=[1, 1, 1],
+        transformer_depth=[1, 1, 0],
+        transformer_depth_middle=1,
+        transformer_depth_output=[1, 1, 1, 1, 0, 0],
+        use_linear_in_transformer=False,
+        context_dim=32,
+        num_heads=2,
+        num_head_channels=-1,
+        adm_in_channels=None,
+    ),
+    "sdxl": dict(
+        model_channels=32,
+        channel_mult=[1, 2, 2],
+        num_res_blocks=[1, 1, 1],
+        transformer_depth=[0, 1, 2],
+        transformer_depth_middle=2,
+        transformer_depth_output=[0, 0, 1, 1, 2, 2],
+        use_linear_in_transformer=True,
+        context_dim=64,
+        num_head_channels=16,
+        num_heads=-1,
+        adm_in_channels=32 + 6 * 256,
+        num_classes="sequential",
+    ),
 }
 #: Text encoder sizes: SDXL concatenates CLIP-L and CLIP-G, 32 + 32 = the tiny SDXL context width.
 CLIP_CONFIG = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=3, projection_dim=32)
-CLIP_VISION_CONFIG = dict(model_type="clip_vision_model", hidden_size=48, intermediate_size=96, num_attention_heads=2,
-                          num_hidden_layers=3, image_size=32, patch_size=8, projection_dim=16, hidden_act="quick_gelu",
-                          layer_norm_eps=1e-5, num_channels=3)
+CLIP_VISION_CONFIG = dict(
+    model_type="clip_vision_model",
+    hidden_size=48,
+    intermediate_size=96,
+    num_attention_heads=2,
+    num_hidden_layers=3,
+    image_size=32,
+    patch_size=8,
+    projection_dim=16,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    num_channels=3,
+)
 CONTEXT_DIM = {"sd15": 32, "sdxl": 64}
 POOLED_DIM = 32
 
@@ -53,7 +90,11 @@ def init_weights_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> to
         for name, p in module.named_parameters():
             if not p.is_floating_point():
                 continue
-            if p.ndim == 1 and ("norm" in name or name.endswith("ln_1.weight") or "layer_norm" in name) and name.endswith("weight"):
+            if (
+                p.ndim == 1
+                and ("norm" in name or name.endswith("ln_1.weight") or "layer_norm" in name)
+                and name.endswith("weight")
+            ):
                 p.fill_(1.0)
             elif p.ndim == 1 and name.endswith("bias"):
                 p.zero_()
@@ -64,7 +105,7 @@ def init_weights_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> to
 
 def model_config(kind: str, unet: Optional[dict[str, Any]] = None):
     """A ComfyUI model config (supported_models.SD15 / SDXL) with the given or tiny UNet settings."""
-    unet = dict(UNET_CONFIGS[kind] if unet is None else unet)
+    unet = dict(UNET_COMMON, **(UNET_CONFIGS[kind] if unet is None else unet))
     family = comfy.supported_models.SD15 if kind == "sd15" else comfy.supported_models.SDXL
     config = family(unet)
     for key in ("num_heads", "num_head_channels"):  # BASE.__init__ overwrites these with the real ones
@@ -72,14 +113,17 @@ def model_config(kind: str, unet: Optional[dict[str, Any]] = None):
     return config
 
 
-def build_unet(kind: str = "sd15", seed: int = 0, unet: Optional[dict[str, Any]] = None,
-               dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+def build_unet(
+    kind: str = "sd15", seed: int = 0, unet: Optional[dict[str, Any]] = None, dtype: torch.dtype = torch.float32
+) -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher around a random-weight UNet of the given family."""
     config = model_config(kind, unet)
     config.set_inference_dtype(dtype, None)
     model = config.get_model({}, device=torch.device("cpu"))
     init_weights_(model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
 
 
 def build_clip(kind: str = "sd15", seed: int = 0) -> comfy.sd.CLIP:

@@ -18,7 +18,7 @@ NOTE_TYPES = {"Note", "MarkdownNote"}
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    type: str          # "INT", "COMBO", "MODEL", ...
+    type: str  # "INT", "COMBO", "MODEL", ...
     widget: bool
     extra_values: int  # values the UI stores after this widget (seed control, upload button)
     optional: bool
@@ -79,11 +79,18 @@ class UIWorkflow:
             if spec.extra_values:
                 values.append("fixed" if spec.options.get("control_after_generate") else "image")
         node = {
-            "id": len(self.nodes) + 1, "type": class_type, "pos": list(pos), "size": [320, 60 + 26 * (len(values) + 2)],
-            "flags": {}, "order": len(self.nodes), "mode": 0,
+            "id": len(self.nodes) + 1,
+            "type": class_type,
+            "pos": list(pos),
+            "size": [320, 60 + 26 * (len(values) + 2)],
+            "flags": {},
+            "order": len(self.nodes),
+            "mode": 0,
             "inputs": [{"name": s.name, "type": s.type, "link": None} for s in specs if not s.widget],
-            "outputs": [{"name": name, "type": kind, "links": [], "slot_index": i}
-                        for i, (name, kind) in enumerate(output_specs(class_type))],
+            "outputs": [
+                {"name": name, "type": kind, "links": [], "slot_index": i}
+                for i, (name, kind) in enumerate(output_specs(class_type))
+            ],
             "properties": {"Node name for S&R": class_type},
             "widgets_values": values,
         }
@@ -93,9 +100,21 @@ class UIWorkflow:
         return node
 
     def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (420, 200)) -> dict:
-        node = {"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size), "flags": {},
-                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
-                "widgets_values": [text], "color": "#432", "bgcolor": "#653"}
+        node = {
+            "id": len(self.nodes) + 1,
+            "type": "Note",
+            "pos": list(pos),
+            "size": list(size),
+            "flags": {},
+            "order": len(self.nodes),
+            "mode": 0,
+            "inputs": [],
+            "outputs": [],
+            "properties": {},
+            "widgets_values": [text],
+            "color": "#432",
+            "bgcolor": "#653",
+        }
         self.nodes.append(node)
         return node
 
@@ -108,9 +127,16 @@ class UIWorkflow:
         self.links.append([link_id, source["id"], slot, target["id"], target["inputs"].index(entry), kind])
 
     def to_json(self) -> dict:
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
-                "links": self.links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
-                "version": 0.4}
+        return {
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": self.nodes,
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+            "version": 0.4,
+        }
 
 
 def _default(spec: InputSpec) -> Any:
@@ -149,15 +175,19 @@ def check_workflow(workflow: dict) -> list[str]:
             continue
         expected = sum(1 + s.extra_values for s in specs if s.widget)
         if len(node.get("widgets_values", [])) != expected:
-            problems.append(f"node {node['id']} ({node['type']}): {len(node.get('widgets_values', []))} widget values, "
-                            f"expected {expected}")
+            problems.append(
+                f"node {node['id']} ({node['type']}): {len(node.get('widgets_values', []))} widget values, "
+                f"expected {expected}"
+            )
         sockets = [s.name for s in specs if not s.widget]
         names = [i["name"] for i in node["inputs"] if "widget" not in i]
         if names != sockets:
             problems.append(f"node {node['id']} ({node['type']}): inputs {names}, expected {sockets}")
         for entry in node["inputs"]:
             if entry["link"] is None and not next((s.optional for s in specs if s.name == entry["name"]), True):
-                problems.append(f"node {node['id']} ({node['type']}): required input '{entry['name']}' is not connected")
+                problems.append(
+                    f"node {node['id']} ({node['type']}): required input '{entry['name']}' is not connected"
+                )
     return problems
 
 
@@ -182,8 +212,11 @@ def ui_to_api(workflow: dict) -> dict[str, dict]:
             if spec.name in connected:
                 link = connected[spec.name]
                 inputs[spec.name] = [str(link[1]), link[2]]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
-                                   "_meta": {"title": node.get("title", node["type"])}}
+        prompt[str(node["id"])] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node.get("title", node["type"])},
+        }
     return prompt
 
 

@@ -5,20 +5,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+import tomllib
 
 
 @dataclass
 class TrainConfig:
     # what to train on
-    data: str = ""                      # a folder with one sub-folder per subject, or a .jsonl manifest
-    class_word: str = "person"          # the prompt word bound to the subject (one CLIP token)
-    caption_template: str = "a photo of a {word}"   # for images without a caption file
-    base: str = ""                      # a SD1.5/SDXL checkpoint file, or "tiny:sd15" / "tiny:sdxl"
-    clip_vision: str = ""               # a CLIP vision file (ViT-H/14 for SDXL), or "tiny"
+    data: str = ""  # a folder with one sub-folder per subject, or a .jsonl manifest
+    class_word: str = "person"  # the prompt word bound to the subject (one CLIP token)
+    caption_template: str = "a photo of a {word}"  # for images without a caption file
+    base: str = ""  # a SD1.5/SDXL checkpoint file, or "tiny:sd15" / "tiny:sdxl"
+    clip_vision: str = ""  # a CLIP vision file (ViT-H/14 for SDXL), or "tiny"
     output: str = "train_output"
     # the adapter
     init_adapter: Optional[str] = None  # start from an IP-Adapter-Plus or native file; else from scratch
@@ -29,25 +30,26 @@ class TrainConfig:
     qformer_head_dim: int = 64
     # optimisation
     resolution: int = 1024
-    batch_size: int = 4                 # examples per optimizer step, over all processes
-    accumulate: int = 1                 # micro-batches per optimizer step (per process)
+    batch_size: int = 4  # examples per optimizer step, over all processes
+    accumulate: int = 1  # micro-batches per optimizer step (per process)
     steps: int = 1000
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 0
-    precision: str = "fp32"             # fp32, bf16 or fp16 (autocast)
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast)
     gradient_checkpointing: bool = False
+    cache_latents: bool = True  # encode each target image with the VAE once (targets are not augmented)
     # conditioning dropout and regularisation
-    drop_text: float = 0.05             # caption replaced by the bare class word (subject still bound)
-    drop_subject: float = 0.0           # subject not bound (no adapter gradient while the UNet is frozen)
-    same_image_reference: float = 0.5   # probability that the reference is a crop of the target image
-    value_norm_weight: float = 0.0      # regulariser on the per-query values (see README); 0 = off
+    drop_text: float = 0.05  # caption replaced by the bare class word (subject still bound)
+    drop_subject: float = 0.0  # subject not bound (no adapter gradient while the UNet is frozen)
+    same_image_reference: float = 0.5  # probability that the reference is a crop of the target image
+    value_norm_weight: float = 0.0  # regulariser on the per-query values (see README); 0 = off
     # bookkeeping
     seed: int = 0
-    device: str = "auto"                # auto, cpu or cuda
+    device: str = "auto"  # auto, cpu or cuda
     save_every: int = 500
     log_every: int = 10
-    sample_every: int = 0               # 0: no preview images
+    sample_every: int = 0  # 0: no preview images
     sample_prompts: list[str] = field(default_factory=lambda: ["a photo of a {word} on the beach"])
     sample_steps: int = 20
     progress: bool = True
@@ -63,8 +65,10 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16", "fp16"):
             problems.append(f"precision is '{self.precision}'; expected fp32, bf16 or fp16")
         if self.batch_size % (world_size * self.accumulate):
-            problems.append(f"batch_size {self.batch_size} is not divisible by processes x accumulate "
-                            f"({world_size} x {self.accumulate})")
+            problems.append(
+                f"batch_size {self.batch_size} is not divisible by processes x accumulate "
+                f"({world_size} x {self.accumulate})"
+            )
         if "{word}" not in self.caption_template:
             problems.append("caption_template must contain {word}")
         for name in ("drop_text", "drop_subject", "same_image_reference"):

@@ -51,10 +51,11 @@ class Subject:
 
 @dataclass(frozen=True)
 class Example:
-    target: Tensor                 # [H, W, 3] in 0..1, the image to reconstruct
-    reference: Tensor              # [h, w, 3] in 0..1, what the encoder sees (background filled if masked)
+    target: Tensor  # [H, W, 3] in 0..1, the image to reconstruct
+    target_path: Path  # where it came from (the key of the latent cache)
+    reference: Tensor  # [h, w, 3] in 0..1, what the encoder sees (background filled if masked)
     caption: str
-    bind: bool                     # False: the subject is dropped for this example
+    bind: bool  # False: the subject is dropped for this example
 
 
 class SubjectDataset:
@@ -64,8 +65,14 @@ class SubjectDataset:
         self._cache: dict[Path, np.ndarray] = {}
 
     @classmethod
-    def scan(cls, source: str, class_word: str, is_one_token: Callable[[str], Optional[str]],
-             mentions_word: Callable[[str], bool], min_size: int) -> "SubjectDataset":
+    def scan(
+        cls,
+        source: str,
+        class_word: str,
+        is_one_token: Callable[[str], Optional[str]],
+        mentions_word: Callable[[str], bool],
+        min_size: int,
+    ) -> "SubjectDataset":
         """Read the layout, check every file, and raise DatasetError listing all problems."""
         root = Path(source)
         problems: list[str] = []
@@ -88,20 +95,38 @@ class SubjectDataset:
             raise DatasetError(source, problems)
         return cls(tuple(subjects), source)
 
-    def example(self, seed: int, step: int, index: int, resolution: int, template: str, word: str,
-                same_image_reference: float, drop_text: float, drop_subject: float) -> Example:
+    def example(
+        self,
+        seed: int,
+        step: int,
+        index: int,
+        resolution: int,
+        template: str,
+        word: str,
+        same_image_reference: float,
+        drop_text: float,
+        drop_subject: float,
+    ) -> Example:
         """The index-th example of a step: a target photo, a reference crop, a caption."""
         rng = random.Random(f"{seed}:{step}:{index}")
         subject = self.subjects[rng.randrange(len(self.subjects))]
         target = subject.photos[rng.randrange(len(subject.photos))]
-        source = target if len(subject.photos) == 1 or rng.random() < same_image_reference else \
-            rng.choice([p for p in subject.photos if p is not target])
+        source = (
+            target
+            if len(subject.photos) == 1 or rng.random() < same_image_reference
+            else rng.choice([p for p in subject.photos if p is not target])
+        )
         caption = target.caption or template.format(word=word)
         if rng.random() < drop_text:
             caption = word
         bind = rng.random() >= drop_subject
-        return Example(target=_square(self._pixels(target.path), resolution),
-                       reference=self._reference(source, rng), caption=caption, bind=bind)
+        return Example(
+            target=_square(self._pixels(target.path), resolution),
+            target_path=target.path,
+            reference=self._reference(source, rng),
+            caption=caption,
+            bind=bind,
+        )
 
     def _pixels(self, path: Path) -> np.ndarray:
         if path not in self._cache:
@@ -135,8 +160,9 @@ def _square(pixels: np.ndarray, size: int) -> Tensor:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     crop = torch.from_numpy(np.ascontiguousarray(pixels[top : top + side, left : left + side]))
-    resized = torch.nn.functional.interpolate(crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear",
-                                              antialias=True, align_corners=False)
+    resized = torch.nn.functional.interpolate(
+        crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return resized[0].permute(1, 2, 0).clamp(0, 1)
 
 
@@ -170,8 +196,9 @@ def _manifest(path: Path, problems: list[str]) -> dict[str, list[Photo]]:
     return entries
 
 
-def _check_photo(photo: Photo, min_size: int, word: str, mentions_word: Callable[[str], bool],
-                 problems: list[str]) -> bool:
+def _check_photo(
+    photo: Photo, min_size: int, word: str, mentions_word: Callable[[str], bool], problems: list[str]
+) -> bool:
     size = _image_size(photo.path, problems)
     if size is None:
         return False

@@ -31,7 +31,8 @@ CHECKPOINTS = "checkpoints"
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, patch_class: Optional[type] = None):
+        """``patch_class`` replaces the nodes' NestedAttn2Patch (the toy world's baselines use it)."""
         self.config = config
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -52,21 +53,25 @@ class Trainer:
 
         def mentions_word(caption: str) -> bool:
             if word_id is None:
-                return True     # the class word itself is reported instead
+                return True  # the class word itself is reported instead
             return bool(tokens.prompt_tokens(self.parts.clip.tokenize(caption), caption).occurrences(word_id))
 
-        self.dataset = SubjectDataset.scan(config.data, config.class_word, _token_problem, mentions_word,
-                                           min_size=max(16, config.resolution // 4))
+        self.dataset = SubjectDataset.scan(
+            config.data, config.class_word, _token_problem, mentions_word, min_size=max(16, config.resolution // 4)
+        )
         self.word_id = word_id
         self.adapter = create_adapter(config, self.parts, vision_width(self.parts.clip_vision)).to(self.device)
         self.module = TrainableAdapter(self.adapter)
-        self.trained = (torch.nn.parallel.DistributedDataParallel(self.module) if self.world > 1 else self.module)
+        self.trained = torch.nn.parallel.DistributedDataParallel(self.module) if self.world > 1 else self.module
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warmup = max(config.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
         self.layers = {key: index for index, key in enumerate(self.adapter.config.layer_keys)}
-        self.patches = patches(self.parts.sites)
+        self.patches = patches(self.parts.sites, patch_class)
+        self._latent_cache: dict[Path, Tensor] = {}
+        self._text_cache: dict[str, tuple[Tensor, Tensor, list[int]]] = {}
         self.step = 0
         if resume:
             self._resume()
@@ -79,8 +84,13 @@ class Trainer:
         config = self.config
         local = config.batch_size // self.world
         micro = local // config.accumulate
-        bar = tqdm(total=config.steps, initial=self.step, disable=not (config.progress and self.rank == 0),
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=config.steps,
+            initial=self.step,
+            disable=not (config.progress and self.rank == 0),
+            unit="step",
+            dynamic_ncols=True,
+        )
         started, done = time.perf_counter(), 0
         unet = self.parts.model.model.diffusion_model
         with gradient_checkpointing(unet, config.gradient_checkpointing):
@@ -90,7 +100,7 @@ class Trainer:
                 for part in range(config.accumulate):
                     indices = mine[part * micro : (part + 1) * micro]
                     sync = part == config.accumulate - 1 or self.world == 1
-                    with (nullcontext() if sync else self.trained.no_sync()):
+                    with nullcontext() if sync else self.trained.no_sync():
                         loss = self.loss(indices) * (len(indices) / local)
                         loss.backward()
                     total += float(loss.detach())
@@ -114,40 +124,76 @@ class Trainer:
     def loss(self, indices: list[int]) -> Tensor:
         """Mean diffusion loss over the given examples of the current step (plus the regulariser)."""
         config, parts = self.config, self.parts
-        examples = [self.dataset.example(config.seed, self.step, i, config.resolution, config.caption_template,
-                                         config.class_word, config.same_image_reference, config.drop_text,
-                                         config.drop_subject) for i in indices]
+        examples = [
+            self.dataset.example(
+                config.seed,
+                self.step,
+                i,
+                config.resolution,
+                config.caption_template,
+                config.class_word,
+                config.same_image_reference,
+                config.drop_text,
+                config.drop_subject,
+            )
+            for i in indices
+        ]
         features = self._features(examples)
         tokens, pairs = self.trained(features)
-        context, pooled, positions = encode_captions(parts.clip, [e.caption for e in examples], self.word_id)
+        context, pooled, positions = self._captions([e.caption for e in examples])
         positions = [found if e.bind else [] for found, e in zip(positions, examples)]
         core = runtime.pack().nested_core
-        step = TrainingStep(kv={key: pairs[i] for key, i in self.layers.items()},
-                            positions=core.attention.TokenPositions.from_lists(positions, self.device),
-                            track_values=config.value_norm_weight > 0)
-        with torch.no_grad():
-            latent = parts.vae.encode(torch.stack([e.target for e in examples]))
-        x0 = parts.model.model.process_latent_in(latent.clone().float().to(self.device))
+        step = TrainingStep(
+            kv={key: pairs[i] for key, i in self.layers.items()},
+            positions=core.attention.TokenPositions.from_lists(positions, self.device),
+            track_values=config.value_norm_weight > 0,
+        )
+        x0 = parts.model.model.process_latent_in(self._latents(examples).to(self.device))
         sampling = parts.model.get_model_object("model_sampling")
-        noise, sigma = noise_and_sigma(sampling, x0.shape[1:], [f"{config.seed}:{self.step}:{i}:noise" for i in indices],
-                                       self.device)
+        noise, sigma = noise_and_sigma(
+            sampling, x0.shape[1:], [f"{config.seed}:{self.step}:{i}:noise" for i in indices], self.device
+        )
         noisy = sampling.noise_scaling(sigma, noise, x0)
         options = {"patches_replace": {"attn2": self.patches}, runtime.pack().nodes.registry.STEP_KEY: step}
         extra = self._extra_conds(pooled)
         with self._autocast():
-            x0_pred = parts.model.model.apply_model(noisy, sigma, c_crossattn=context.to(self.device),
-                                                    transformer_options=options, **extra)
+            x0_pred = parts.model.model.apply_model(
+                noisy, sigma, c_crossattn=context.to(self.device), transformer_options=options, **extra
+            )
         loss = diffusion_loss(sampling, x0_pred, x0, sigma).mean()
         if step.value_norms:
             loss = loss + config.value_norm_weight * torch.stack(step.value_norms).mean()
         # Keeps every parameter in the graph when no example binds the subject (DDP needs it).
         return loss + 0.0 * sum(t.sum() for pair in pairs for t in pair) + 0.0 * tokens.sum()
 
+    def _latents(self, examples: list[Example]) -> Tensor:
+        """VAE latents of the targets (frozen VAE; cached per image when cache_latents is on)."""
+        with torch.no_grad():
+            if not self.config.cache_latents:
+                return self.parts.vae.encode(torch.stack([e.target for e in examples])).clone().float().cpu()
+            # One image at a time: a kernel's rounding can depend on the batch size, and a cached
+            # latent must not depend on which step first needed it (exact resume).
+            for example in examples:
+                if example.target_path not in self._latent_cache:
+                    latent = self.parts.vae.encode(example.target[None]).clone().float().cpu()
+                    self._latent_cache[example.target_path] = latent[0]
+        return torch.stack([self._latent_cache[e.target_path] for e in examples])
+
+    def _captions(self, captions: list[str]) -> tuple[Tensor, Tensor, list[list[int]]]:
+        """Frozen text encodings, computed once per distinct caption."""
+        for caption in set(captions) - set(self._text_cache):
+            context, pooled, found = encode_captions(self.parts.clip, [caption], self.word_id)
+            self._text_cache[caption] = (context, pooled, found[0])
+        entries = [self._text_cache[c] for c in captions]
+        return torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), [list(e[2]) for e in entries]
+
     def _features(self, examples: list[Example]) -> Tensor:
         """CLIP penultimate features of each reference (frozen; one call per reference size)."""
         with torch.no_grad():
-            out = [self.parts.clip_vision.encode_image(e.reference[None], crop=True)["penultimate_hidden_states"]
-                   for e in examples]
+            out = [
+                self.parts.clip_vision.encode_image(e.reference[None], crop=True)["penultimate_hidden_states"]
+                for e in examples
+            ]
         return torch.cat(out).clone().float().to(self.device)
 
     def _extra_conds(self, pooled: Tensor) -> dict:
@@ -155,8 +201,15 @@ class Trainer:
         if not model.model_config.unet_config.get("adm_in_channels"):
             return {}
         size = self.config.resolution
-        adm = model.encode_adm(pooled_output=pooled.clone(), width=size, height=size, crop_w=0, crop_h=0,
-                               target_width=size, target_height=size)
+        adm = model.encode_adm(
+            pooled_output=pooled.clone(),
+            width=size,
+            height=size,
+            crop_w=0,
+            crop_h=0,
+            target_width=size,
+            target_height=size,
+        )
         return {"y": adm.to(self.device)}
 
     def _autocast(self):
@@ -185,8 +238,15 @@ class Trainer:
             writer = csv.writer(handle)
             if new:
                 writer.writerow(["step", "loss", "lr", "steps_per_s", "examples_per_s"])
-            writer.writerow([self.step, f"{loss:.6f}", f"{self.scheduler.get_last_lr()[0]:.3g}", f"{rate:.3f}",
-                             f"{rate * self.config.batch_size:.3f}"])
+            writer.writerow(
+                [
+                    self.step,
+                    f"{loss:.6f}",
+                    f"{self.scheduler.get_last_lr()[0]:.3g}",
+                    f"{rate:.3f}",
+                    f"{rate * self.config.batch_size:.3f}",
+                ]
+            )
 
     def save(self) -> Path:
         """Checkpoint folder written aside and renamed, so a crash never leaves half a checkpoint."""
@@ -196,8 +256,15 @@ class Trainer:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         core.checkpoint.save_native(partial / "adapter.safetensors", self.adapter.config, self.adapter.state_dict())
-        torch.save({"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "config": dataclasses.asdict(self.config)}, partial / "state.pt")
+        torch.save(
+            {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "config": dataclasses.asdict(self.config),
+            },
+            partial / "state.pt",
+        )
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)

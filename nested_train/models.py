@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FrozenParts:
-    model: Any          # comfy ModelPatcher (the UNet)
-    clip: Any           # comfy CLIP (tokenizer + text encoders)
-    vae: Any            # comfy VAE
-    clip_vision: Any    # comfy ClipVisionModel
-    sites: dict         # LayerKey -> SiteShape of every attn2 layer
+    model: Any  # comfy ModelPatcher (the UNet)
+    clip: Any  # comfy CLIP (tokenizer + text encoders)
+    vae: Any  # comfy VAE
+    clip_vision: Any  # comfy ClipVisionModel
+    sites: dict  # LayerKey -> SiteShape of every attn2 layer
 
 
 def load_frozen(config: TrainConfig) -> FrozenParts:
@@ -35,7 +35,17 @@ def load_frozen(config: TrainConfig) -> FrozenParts:
         from nested_dev import tiny_models
 
         kind = config.base.split(":", 1)[1]
-        model, clip, vae = tiny_models.build_unet(kind, seed=0), tiny_models.build_clip(kind, 0), tiny_models.build_vae(0)
+        model, clip, vae = (
+            tiny_models.build_unet(kind, seed=0),
+            tiny_models.build_clip(kind, 0),
+            tiny_models.build_vae(0),
+        )
+    elif config.base.startswith("toy:"):
+        from pathlib import Path
+
+        from toy_world.models import load_toy
+
+        model, clip, vae, _ = load_toy(Path(config.base.split(":", 1)[1]))
     else:
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(config.base, output_vae=True, output_clip=True)
         if clip is None or vae is None:
@@ -44,6 +54,10 @@ def load_frozen(config: TrainConfig) -> FrozenParts:
         from nested_dev import tiny_models
 
         vision = tiny_models.build_clip_vision(0)
+    elif config.clip_vision == "toy":
+        from toy_world.models import build_clip_vision
+
+        vision = build_clip_vision()
     else:
         vision = comfy.clip_vision.load(config.clip_vision)
         if vision is None:
@@ -73,8 +87,13 @@ def create_adapter(config: TrainConfig, parts: FrozenParts, vision_width: int) -
     context = {s.context_dim for s in parts.sites.values()}.pop()
     if config.init_adapter:
         checkpoint = core.checkpoint.load_adapter_checkpoint(config.init_adapter)
-        layout = core.layers.bind_layers(config.init_adapter, checkpoint.config.layer_dims,
-                                         checkpoint.config.context_dim, checkpoint.config.layer_keys, parts.sites)
+        layout = core.layers.bind_layers(
+            config.init_adapter,
+            checkpoint.config.layer_dims,
+            checkpoint.config.context_dim,
+            checkpoint.config.layer_keys,
+            parts.sites,
+        )
         if layout.unserved:
             raise ValueError(f"{config.init_adapter} lacks weights for layers {[str(k) for k in layout.unserved[:4]]}")
         state = {k: v.float() for k, v in checkpoint.state_dict.items() if k.startswith("qformer.")}
@@ -87,13 +106,26 @@ def create_adapter(config: TrainConfig, parts: FrozenParts, vision_width: int) -
     else:
         state = None
         settings = core.qformer.QFormerConfig(
-            num_queries=config.num_tokens, dim=config.qformer_dim, depth=config.qformer_depth,
-            heads=config.qformer_heads, head_dim=config.qformer_head_dim, ff_mult=4, in_dim=vision_width, out_dim=context)
+            num_queries=config.num_tokens,
+            dim=config.qformer_dim,
+            depth=config.qformer_depth,
+            heads=config.qformer_heads,
+            head_dim=config.qformer_head_dim,
+            ff_mult=4,
+            in_dim=vision_width,
+            out_dim=context,
+        )
     if settings.in_dim != vision_width:
-        raise ValueError(f"the adapter expects CLIP vision width {settings.in_dim}; {config.clip_vision} has {vision_width}")
+        raise ValueError(
+            f"the adapter expects CLIP vision width {settings.in_dim}; {config.clip_vision} has {vision_width}"
+        )
     adapter_config = core.adapter.AdapterConfig(
-        qformer=settings, layer_dims=tuple(parts.sites[k].inner_dim for k in keys), layer_keys=keys,
-        base_family=core.adapter.family_of_context_dim(context), class_word=config.class_word)
+        qformer=settings,
+        layer_dims=tuple(parts.sites[k].inner_dim for k in keys),
+        layer_keys=keys,
+        base_family=core.adapter.family_of_context_dim(context),
+        class_word=config.class_word,
+    )
     torch.manual_seed(config.seed)
     adapter = core.adapter.NestedAdapter(adapter_config)
     if state is not None:
@@ -131,4 +163,4 @@ def gradient_checkpointing(unet: nn.Module, enabled: bool) -> Iterator[None]:
         yield
     finally:
         for module, _ in wrapped:
-            del module.forward        # back to the class's own forward
+            del module.forward  # back to the class's own forward

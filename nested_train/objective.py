@@ -19,11 +19,11 @@ class TrainingStep:
     """What the attn2 patches read during a training forward (the role StepState plays while
     sampling): each example's nested keys/values per layer and its token positions."""
 
-    kv: dict                               # LayerKey -> (K~, V~) [B, N, inner], with gradients
-    positions: Any                         # TokenPositions [B, P]
+    kv: dict  # LayerKey -> (K~, V~) [B, N, inner], with gradients
+    positions: Any  # TokenPositions [B, P]
     value_norms: list = field(default_factory=list)
     track_values: bool = False
-    run: Any = None                        # no recording while training
+    run: Any = None  # no recording while training
 
     def subjects_for(self, layer, q: Tensor, k: Tensor, extra_options: dict) -> list:
         core = pack().nested_core
@@ -37,9 +37,9 @@ class TrainingStep:
         return [(0, subject)]
 
 
-def patches(sites) -> dict:
+def patches(sites, patch_class=None) -> dict:
     """One NestedAttn2Patch per attn2 layer: the very object the Apply node installs."""
-    patch_class = pack().nodes.patch.NestedAttn2Patch
+    patch_class = patch_class or pack().nodes.patch.NestedAttn2Patch
     return {tuple(key): patch_class(key) for key in sites}
 
 

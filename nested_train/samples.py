@@ -38,8 +38,18 @@ def render_samples(trainer: Any, folder: Path) -> list[Path]:
         positive = nodes.text_node.NestedTextEncode.execute(parts.clip, text).args[0]
         latent = torch.zeros(1, 4, size, size)
         with torch.no_grad():
-            samples = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, config.seed), config.sample_steps,
-                                          5.0, "euler", "normal", positive, negative, latent, seed=config.seed)
+            samples = comfy.sample.sample(
+                model,
+                comfy.sample.prepare_noise(latent, config.seed),
+                config.sample_steps,
+                5.0,
+                "euler",
+                "normal",
+                positive,
+                negative,
+                latent,
+                seed=config.seed,
+            )
             pixels = parts.vae.decode(samples)
         out = folder / f"step_{trainer.step:07d}_{number}.png"
         Image.fromarray((pixels[0].clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)).save(out)

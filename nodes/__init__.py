@@ -11,8 +11,14 @@ from .subject_nodes import EncodeSubjectQFormer, LoadNestedSubject, SaveNestedSu
 from .text_node import NestedTextEncode
 
 NODES: list[type[io.ComfyNode]] = [
-    LoadNestedAdapter, EncodeSubjectQFormer, ApplyNestedAttention, NestedTextEncode, SaveNestedSubject, LoadNestedSubject,
-    RecordNestedAttention, NestedAttentionMaps,
+    LoadNestedAdapter,
+    EncodeSubjectQFormer,
+    ApplyNestedAttention,
+    NestedTextEncode,
+    SaveNestedSubject,
+    LoadNestedSubject,
+    RecordNestedAttention,
+    NestedAttentionMaps,
 ]
 
 

@@ -12,12 +12,11 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
-from torch import Tensor
-
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.ops
+import torch
+from torch import Tensor
 
 from ..nested_core.adapter import AdapterConfig, NestedAdapter, build_adapter, fingerprint
 from ..nested_core.checkpoint import load_adapter_checkpoint
@@ -29,11 +28,11 @@ log = logging.getLogger(__name__)
 class LoadedAdapter:
     """The one shape of NESTED_ADAPTER."""
 
-    name: str                        # file name as the user picked it
+    name: str  # file name as the user picked it
     path: str
-    format: str                      # "native nested-adapter" or "IP-Adapter-Plus"
+    format: str  # "native nested-adapter" or "IP-Adapter-Plus"
     config: AdapterConfig
-    fingerprint: str                 # id of the encoder, stored with subjects
+    fingerprint: str  # id of the encoder, stored with subjects
     patcher: comfy.model_patcher.ModelPatcher
 
     @property
@@ -64,10 +63,16 @@ def load_adapter(path: str, name: Optional[str] = None) -> LoadedAdapter:
     checkpoint = load_adapter_checkpoint(path)
     module = build_adapter(checkpoint.config, checkpoint.state_dict, ops=comfy.ops.manual_cast)
     module.to(mm.unet_offload_device())
-    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                               offload_device=mm.unet_offload_device())
-    adapter = LoadedAdapter(name=name or os.path.basename(path), path=checkpoint.path, format=checkpoint.format,
-                            config=checkpoint.config, fingerprint=fingerprint(checkpoint.config, checkpoint.state_dict),
-                            patcher=patcher)
+    patcher = comfy.model_patcher.ModelPatcher(
+        module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+    )
+    adapter = LoadedAdapter(
+        name=name or os.path.basename(path),
+        path=checkpoint.path,
+        format=checkpoint.format,
+        config=checkpoint.config,
+        fingerprint=fingerprint(checkpoint.config, checkpoint.state_dict),
+        patcher=patcher,
+    )
     log.info("Nested Attention: loaded %s as a %s file: %s", adapter.name, adapter.format, adapter.config.describe())
     return adapter

@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import torch
-from torch import Tensor
-
 import comfy.patcher_extension
+import torch
 from comfy.model_patcher import ModelPatcher
+from torch import Tensor
 
 from ..nested_core.errors import NestedAttentionError
 from ..nested_core.layers import LayerKey, bind_layers
@@ -19,14 +18,22 @@ from .model_layers import attn2_sites
 from .patch import NestedAttn2Patch
 from .registry import REGISTRY_KEY, WRAPPER_KEY, SubjectBinding, binding_name
 from .sampling import calc_cond_batch_wrapper, outer_sample_wrapper
-from .tokens import describe_occurrence, resolve_token, same_token_conflict
+from .tokens import resolve_token, same_token_conflict
 
 log = logging.getLogger(__name__)
 
 
-def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectTokens, token: str,
-                  weight: float = 1.0, start_at: float = 0.0, end_at: float = 1.0,
-                  attn_mask: Optional[Tensor] = None, occurrence: int = 0) -> ModelPatcher:
+def apply_subject(
+    model: ModelPatcher,
+    adapter: LoadedAdapter,
+    subject: SubjectTokens,
+    token: str,
+    weight: float = 1.0,
+    start_at: float = 0.0,
+    end_at: float = 1.0,
+    attn_mask: Optional[Tensor] = None,
+    occurrence: int = 0,
+) -> ModelPatcher:
     """A clone of ``model`` in which ``subject`` replaces the value of ``token`` in every attn2 layer.
 
     The input model is left untouched. Raises NestedAttentionError, naming the input at fault,
@@ -34,7 +41,9 @@ def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectT
     """
     token_id = resolve_token(token)
     if occurrence < 0:
-        raise NestedAttentionError(f"occurrence is {occurrence}; use 0 for every occurrence of '{token}' or n >= 1 for the n-th")
+        raise NestedAttentionError(
+            f"occurrence is {occurrence}; use 0 for every occurrence of '{token}' or n >= 1 for the n-th"
+        )
     if not 0.0 <= start_at <= end_at <= 1.0:
         raise NestedAttentionError(f"start_at {start_at} and end_at {end_at}: expected 0 <= start_at <= end_at <= 1")
     _check_subject(adapter, subject)
@@ -48,21 +57,34 @@ def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectT
             )
 
     sites = attn2_sites(model)
-    layout = bind_layers(adapter.name, adapter.config.layer_dims, adapter.config.context_dim,
-                         adapter.config.layer_keys, sites)
+    layout = bind_layers(
+        adapter.name, adapter.config.layer_dims, adapter.config.context_dim, adapter.config.layer_keys, sites
+    )
     if layout.unserved or layout.unused:
-        log.warning("Nested Attention: adapter %s has no weights for %d of the model's %d cross-attention layers "
-                    "(e.g. %s), which run plain attention%s", adapter.name, len(layout.unserved), len(sites),
-                    ", ".join(map(str, layout.unserved[:3])) or "none",
-                    f"; its layers {', '.join(layout.unused[:3])} are not in this model" if layout.unused else "")
+        log.warning(
+            "Nested Attention: adapter %s has no weights for %d of the model's %d cross-attention layers "
+            "(e.g. %s), which run plain attention%s",
+            adapter.name,
+            len(layout.unserved),
+            len(sites),
+            ", ".join(map(str, layout.unserved[:3])) or "none",
+            f"; its layers {', '.join(layout.unused[:3])} are not in this model" if layout.unused else "",
+        )
 
     pairs = adapter.project(subject.tokens)
     layers = {key: pairs[index] for key, index in layout.index_of.items()}
     sampling = model.get_model_object("model_sampling")
     binding = SubjectBinding(
-        name=name, token_id=token_id, occurrence=occurrence, weight=float(weight),
-        sigma_start=float(sampling.percent_to_sigma(start_at)), sigma_end=float(sampling.percent_to_sigma(end_at)),
-        layers=layers, mask=_prepare_mask(attn_mask), patch_maps=subject.patch_maps, token_photo=subject.token_photo,
+        name=name,
+        token_id=token_id,
+        occurrence=occurrence,
+        weight=float(weight),
+        sigma_start=float(sampling.percent_to_sigma(start_at)),
+        sigma_end=float(sampling.percent_to_sigma(end_at)),
+        layers=layers,
+        mask=_prepare_mask(attn_mask),
+        patch_maps=subject.patch_maps,
+        token_photo=subject.token_photo,
     )
 
     patched = model.clone()
@@ -70,8 +92,10 @@ def apply_subject(model: ModelPatcher, adapter: LoadedAdapter, subject: SubjectT
     patched.model_options["transformer_options"] = {**options, REGISTRY_KEY: registry + (binding,)}
     for key in layers:
         _install_patch(patched, key)
-    for kind, wrapper in ((comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
-                          (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper)):
+    for kind, wrapper in (
+        (comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+        (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, calc_cond_batch_wrapper),
+    ):
         patched.remove_wrappers_with_key(kind, WRAPPER_KEY)
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     log.info("Nested Attention: bound subject %s (weight %.2f) on %d layers", name, weight, len(layers))
@@ -85,8 +109,10 @@ def _check_subject(adapter: LoadedAdapter, subject: SubjectTokens) -> None:
             f"'{adapter.name}' (id {adapter.fingerprint}); encode the subject with the adapter you apply"
         )
     if subject.context_dim != adapter.config.context_dim:
-        raise NestedAttentionError(f"the subject's tokens have width {subject.context_dim}; adapter '{adapter.name}' "
-                                   f"expects {adapter.config.context_dim}")
+        raise NestedAttentionError(
+            f"the subject's tokens have width {subject.context_dim}; adapter '{adapter.name}' "
+            f"expects {adapter.config.context_dim}"
+        )
 
 
 def _prepare_mask(mask: Optional[Tensor]) -> Optional[Tensor]:
@@ -96,7 +122,9 @@ def _prepare_mask(mask: Optional[Tensor]) -> Optional[Tensor]:
     if mask.ndim == 2:
         mask = mask[None]
     if mask.ndim != 3 or mask.shape[-1] == 0 or mask.shape[-2] == 0:
-        raise NestedAttentionError(f"attn_mask has shape {list(mask.shape)}; expected a MASK of shape [H, W] or [B, H, W]")
+        raise NestedAttentionError(
+            f"attn_mask has shape {list(mask.shape)}; expected a MASK of shape [H, W] or [B, H, W]"
+        )
     return mask.detach().to("cpu", torch.float32).clamp(0.0, 1.0)
 
 

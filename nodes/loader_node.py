@@ -21,8 +21,13 @@ class LoadNestedAdapter(io.ComfyNode):
                 f"{ADAPTER_FOLDER}. Native .safetensors adapters and IP-Adapter-Plus files (.safetensors or .bin, "
                 "SD1.5 or SDXL, plus or plus-face) are recognised by their content, whatever the file is called."
             ),
-            inputs=[io.Combo.Input("adapter_name", options=folder_paths.get_filename_list(ADAPTER_FOLDER),
-                                   tooltip=f"A file in models/{ADAPTER_FOLDER}")],
+            inputs=[
+                io.Combo.Input(
+                    "adapter_name",
+                    options=folder_paths.get_filename_list(ADAPTER_FOLDER),
+                    tooltip=f"A file in models/{ADAPTER_FOLDER}",
+                )
+            ],
             outputs=[NestedAdapterIO.Output(display_name="adapter")],
         )
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from torch import Tensor
-
 from comfy.ldm.modules.attention import optimized_attention
+from torch import Tensor
 
 from ..nested_core.attention import nested_attention
 from ..nested_core.layers import LayerKey
@@ -33,8 +32,9 @@ class NestedAttn2Patch:
     ``callback(out, q, k, v, extra_options, **kwargs)`` while its sigma window is active.
     """
 
-    def __init__(self, layer: LayerKey, wrapped: Optional[Callable] = None,
-                 added: tuple[tuple[Callable, dict], ...] = ()):
+    def __init__(
+        self, layer: LayerKey, wrapped: Optional[Callable] = None, added: tuple[tuple[Callable, dict], ...] = ()
+    ):
         self.layer = layer
         self.wrapped = wrapped
         self.added = added
@@ -43,8 +43,14 @@ class NestedAttn2Patch:
         if self.wrapped is not None:
             out = self.wrapped(q, k, v, extra_options)
         else:
-            out = optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
-                                      transformer_options=extra_options)
+            out = optimized_attention(
+                q,
+                k,
+                v,
+                extra_options["n_heads"],
+                attn_precision=extra_options.get("attn_precision"),
+                transformer_options=extra_options,
+            )
         if self.added:
             out = self._run_added(out, q, k, v, extra_options)
         step = extra_options.get(STEP_KEY)
@@ -53,11 +59,15 @@ class NestedAttn2Patch:
         bound = step.subjects_for(self.layer, q, k, extra_options)
         if not bound:
             return out
-        result = nested_attention(q, k, v, extra_options["n_heads"], [s for _, s in bound], base=out)
+        result = self.combine(q, k, v, extra_options["n_heads"], [s for _, s in bound], out)
         recording = extra_options.get(RECORD_KEY)
         if recording is not None:
             recording.record(self.layer, q, k, v, bound, step.run.registry, extra_options)
         return result
+
+    def combine(self, q: Tensor, k: Tensor, v: Tensor, heads: int, subjects: list, base: Tensor) -> Tensor:
+        """The layer output with the subjects in: nested attention (Eq. 1 and 3)."""
+        return nested_attention(q, k, v, heads, subjects, base=base)
 
     def _run_added(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
         sigmas = extra_options.get("sigmas")
@@ -74,7 +84,7 @@ class NestedAttn2Patch:
     def to(self, device_or_dtype: Any) -> "NestedAttn2Patch":
         """ComfyUI moves patches with the model; only a wrapped foreign patch holds tensors."""
         if self.wrapped is not None and hasattr(self.wrapped, "to"):
-            return NestedAttn2Patch(self.layer, self.wrapped.to(device_or_dtype), self.added)
+            return type(self)(self.layer, self.wrapped.to(device_or_dtype), self.added)
         return self
 
     def models(self) -> list:
@@ -84,7 +94,7 @@ class NestedAttn2Patch:
     def __deepcopy__(self, memo: dict) -> "NestedAttn2Patch":
         # A fresh shell per model clone, so add() on one clone never reaches another; the wrapped
         # patch and callbacks are shared, as ComfyUI's own shallow clones share them.
-        return NestedAttn2Patch(self.layer, self.wrapped, self.added)
+        return type(self)(self.layer, self.wrapped, self.added)
 
     def __repr__(self) -> str:
         return f"NestedAttn2Patch({self.layer}, wrapped={type(self.wrapped).__name__ if self.wrapped else None})"

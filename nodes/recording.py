@@ -40,8 +40,8 @@ class SubjectTrace:
     name: str
     maps: dict[tuple[str, int], Tensor] = field(default_factory=dict)
     counts: dict[tuple[str, int], int] = field(default_factory=dict)
-    values: Optional[Tensor] = None          # v*_q snapshot [B, inner, gh, gw]
-    class_value: Optional[Tensor] = None     # V_s* at that layer and step [inner]
+    values: Optional[Tensor] = None  # v*_q snapshot [B, inner, gh, gw]
+    class_value: Optional[Tensor] = None  # V_s* at that layer and step [inner]
 
 
 class Recording:
@@ -60,8 +60,23 @@ class Recording:
     def __deepcopy__(self, memo: dict) -> "Recording":
         return self  # every clone of the model must write into the same record
 
-    def record(self, layer: LayerKey, q: Tensor, k: Tensor, v: Tensor,
-               subjects: Sequence[tuple[int, NestedSubject]], registry: tuple, extra_options: dict[str, Any]) -> None:
+    def reset(self) -> None:
+        """Forget the previous sampling run (called when a new one starts): the record is the latest run's."""
+        with self._lock:
+            self.traces.clear()
+            self.steps = 0
+            self.cells = None
+
+    def record(
+        self,
+        layer: LayerKey,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        subjects: Sequence[tuple[int, NestedSubject]],
+        registry: tuple,
+        extra_options: dict[str, Any],
+    ) -> None:
         """Add one layer call's maps, for the rows of positive prompts (called by the attn2 patch)."""
         chunks = extra_options.get("cond_or_uncond") or []
         schedule = extra_options.get("sample_sigmas")
@@ -89,12 +104,17 @@ class Recording:
             for index, subject in subjects:
                 where = subject.positions.index.index_select(0, rows)
                 valid = subject.positions.valid.index_select(0, rows)
-                acting = subject_attention(q_rows, k_rows, heads, where, valid).mean(1)          # [R, Lq]
+                acting = subject_attention(q_rows, k_rows, heads, where, valid).mean(1)  # [R, Lq]
                 if subject.query_mask is not None:
                     acting = acting * pick(subject.query_mask).float()
-                tokens = nested_token_weights(q_rows, pick(subject.keys), heads).mean(1)        # [R, Lq, N]
-                self._add(index, registry[index].name, layer.block, step,
-                          per_image(torch.cat([acting[:, None], tokens.transpose(1, 2)], dim=1)))
+                tokens = nested_token_weights(q_rows, pick(subject.keys), heads).mean(1)  # [R, Lq, N]
+                self._add(
+                    index,
+                    registry[index].name,
+                    layer.block,
+                    step,
+                    per_image(torch.cat([acting[:, None], tokens.transpose(1, 2)], dim=1)),
+                )
                 if self._snapshot_here(layer, step) and bool(valid[0].any()):
                     v_star = per_query_values(q_rows, pick(subject.keys), pick(subject.values), heads)
                     trace = self.traces[index]
@@ -117,7 +137,7 @@ class Recording:
 
     def _snapshot_here(self, layer: LayerKey, step: int) -> bool:
         if self.value_layer is None and layer.block == "output":
-            self.value_layer = layer          # default: the decoder's first cross-attention layer
+            self.value_layer = layer  # default: the decoder's first cross-attention layer
         return layer == self.value_layer and step == round(self.value_at * max(self.steps - 1, 0))
 
     def _add(self, index: int, name: str, part: str, step: int, maps: Tensor) -> None:

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..nested_core.attention import NestedSubject, TokenPositions
 from ..nested_core.layers import LayerKey
 from .masks import mask_for_layer, rows_for_batch
+from .recording import RECORD_KEY
 from .registry import REGISTRY_KEY, RUN_KEY, STEP_KEY, SubjectBinding
 from .tokens import PROMPT_KEY, PromptTokens, first_words, token_text
 
@@ -33,7 +34,7 @@ class PromptLayout:
     """One conditioning entry: its context length and each binding's positions in it."""
 
     length: int
-    positions: tuple[tuple[int, ...], ...]   # per binding index
+    positions: tuple[tuple[int, ...], ...]  # per binding index
 
 
 class NestedRun:
@@ -68,20 +69,31 @@ class NestedRun:
         length = int(length.shape[1]) if isinstance(length, Tensor) else None
         if prompt is None:
             if positive:
-                self._warn_once("untracked", "a positive prompt was not encoded with 'Nested Text Encode', so "
-                                "subject tokens cannot be found in it and no subject acts there; encode prompts "
-                                "that name a subject with 'Nested Text Encode'")
+                self._warn_once(
+                    "untracked",
+                    "a positive prompt was not encoded with 'Nested Text Encode', so "
+                    "subject tokens cannot be found in it and no subject acts there; encode prompts "
+                    "that name a subject with 'Nested Text Encode'",
+                )
             return None
         if length is not None and length != len(prompt.ids):
-            self._warn_once(f"length:{prompt.text}", f"the conditioning of prompt '{first_words(prompt.text)}' has "
-                            f"{length} tokens but {len(prompt.ids)} were recorded (changed by a node such as "
-                            "ConditioningConcat?); subjects are not applied to it")
+            self._warn_once(
+                f"length:{prompt.text}",
+                f"the conditioning of prompt '{first_words(prompt.text)}' has "
+                f"{length} tokens but {len(prompt.ids)} were recorded (changed by a node such as "
+                "ConditioningConcat?); subjects are not applied to it",
+            )
             return None
         positions = tuple(tuple(prompt.positions(b.token_id, b.occurrence)) for b in self.registry)
         for binding, found in zip(self.registry, positions):
             if found:
-                log.info("Nested Attention: subject %s found at context positions %s of the %s prompt '%s'",
-                         binding.name, list(found), "positive" if positive else "negative", first_words(prompt.text))
+                log.info(
+                    "Nested Attention: subject %s found at context positions %s of the %s prompt '%s'",
+                    binding.name,
+                    list(found),
+                    "positive" if positive else "negative",
+                    first_words(prompt.text),
+                )
         return PromptLayout(length=len(prompt.ids), positions=positions)
 
     def _warn_missing_tokens(self, positives: Sequence[dict]) -> None:
@@ -93,9 +105,12 @@ class NestedRun:
             if any(layout.positions[index] for _, layout in tracked):
                 continue
             text = tracked[0][0][PROMPT_KEY].text
-            self._warn_once(f"missing:{index}", f"subject {binding.name}: the word '{token_text(binding.token_id)}' "
-                            f"is not in the positive prompt '{first_words(text)}', so the image is generated "
-                            "without this subject; add the word to the prompt")
+            self._warn_once(
+                f"missing:{index}",
+                f"subject {binding.name}: the word '{token_text(binding.token_id)}' "
+                f"is not in the positive prompt '{first_words(text)}', so the image is generated "
+                "without this subject; add the word to the prompt",
+            )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -103,8 +118,9 @@ class NestedRun:
             log.warning("Nested Attention: %s", message)
 
     # --- per layer -------------------------------------------------------------------------
-    def positions(self, uuids: Sequence[Any], rows_per_chunk: int, context: int,
-                  device: torch.device) -> tuple[Optional[TokenPositions], ...]:
+    def positions(
+        self, uuids: Sequence[Any], rows_per_chunk: int, context: int, device: torch.device
+    ) -> tuple[Optional[TokenPositions], ...]:
         """Each binding's context positions for the batch rows of one model call (None: absent)."""
         key = (tuple(uuids), rows_per_chunk, context, device)
         cached = self._layouts.get(key)
@@ -114,15 +130,19 @@ class NestedRun:
             )
         return cached
 
-    def _binding_positions(self, index: int, uuids: Sequence[Any], rows_per_chunk: int, context: int,
-                           device: torch.device) -> Optional[TokenPositions]:
+    def _binding_positions(
+        self, index: int, uuids: Sequence[Any], rows_per_chunk: int, context: int, device: torch.device
+    ) -> Optional[TokenPositions]:
         per_row: list[list[int]] = []
         for uid in uuids:
             layout = self._prompts.get(uid)
             found = list(layout.positions[index]) if layout is not None else []
             if found and context % layout.length:
-                self._warn_once(f"tile:{context}:{layout.length}", f"a context of {context} tokens is not a "
-                                f"whole number of copies of a {layout.length}-token prompt; subjects skipped there")
+                self._warn_once(
+                    f"tile:{context}:{layout.length}",
+                    f"a context of {context} tokens is not a "
+                    f"whole number of copies of a {layout.length}-token prompt; subjects skipped there",
+                )
                 found = []
             copies = context // layout.length if found else 0
             tiled = [p + copy * layout.length for copy in range(copies) for p in found]
@@ -139,8 +159,9 @@ class NestedRun:
             cached = self._kv[cache_key] = (k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
         return cached
 
-    def layer_mask(self, index: int, rows_per_chunk: int, chunks: int, tokens: int, extra_options: dict,
-                   device: torch.device) -> Optional[Tensor]:
+    def layer_mask(
+        self, index: int, rows_per_chunk: int, chunks: int, tokens: int, extra_options: dict, device: torch.device
+    ) -> Optional[Tensor]:
         mask = self.registry[index].mask
         if mask is None:
             return None
@@ -157,9 +178,11 @@ class StepState:
     """The subjects active at this step's sigma, and the run's caches."""
 
     run: NestedRun
-    active: tuple[int, ...]     # indices into run.registry
+    active: tuple[int, ...]  # indices into run.registry
 
-    def subjects_for(self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict) -> list[tuple[int, NestedSubject]]:
+    def subjects_for(
+        self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict
+    ) -> list[tuple[int, NestedSubject]]:
         """(binding index, subject) for each active subject with weights for this layer and a token in these rows."""
         uuids = extra_options.get("uuids")
         if not uuids:
@@ -186,6 +209,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     registry = options.get(REGISTRY_KEY)
     if not registry:
         return executor(*args, **kwargs)
+    if options.get(RECORD_KEY) is not None:
+        options[RECORD_KEY].reset()
     guider.model_options = {**original, "transformer_options": {**options, RUN_KEY: NestedRun(registry)}}
     try:
         return executor(*args, **kwargs)
@@ -201,7 +226,7 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
         return executor(model, conds, x_in, timestep, model_options)
     run = options.get(RUN_KEY)
     if run is None or run.registry is not registry:
-        run = NestedRun(registry)   # called outside a guider's sample(): caches last one evaluation
+        run = NestedRun(registry)  # called outside a guider's sample(): caches last one evaluation
     run.note_conds(conds)
     sigma = float(timestep.reshape(-1)[0]) if isinstance(timestep, Tensor) else float(timestep)
     active = tuple(i for i, b in enumerate(run.registry) if b.active_at(sigma))
@@ -209,4 +234,3 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
         return executor(model, conds, x_in, timestep, model_options)
     step_options = {**model_options, "transformer_options": {**options, STEP_KEY: StepState(run, active)}}
     return executor(model, conds, x_in, timestep, step_options)
-

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import folder_paths
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
-import folder_paths
 from comfy_api.latest import io, ui
+from torch import Tensor
 
 from ..nested_core.errors import NestedAttentionError
 from ..nested_core.maps import qformer_patch_maps
@@ -37,45 +36,60 @@ class EncodeSubjectQFormer(io.ComfyNode):
             ),
             inputs=[
                 NestedAdapterIO.Input("adapter"),
-                io.ClipVision.Input("clip_vision", tooltip="The CLIP vision model the adapter was trained with (ViT-H/14 for SDXL adapters)"),
-                io.Image.Input("image", tooltip="One or more photos of the same subject (a crop of the face for people)"),
-                io.Mask.Input("mask", optional=True, tooltip="1 on the subject, 0 on the background; one mask or one per photo"),
+                io.ClipVision.Input(
+                    "clip_vision",
+                    tooltip="The CLIP vision model the adapter was trained with (ViT-H/14 for SDXL adapters)",
+                ),
+                io.Image.Input(
+                    "image", tooltip="One or more photos of the same subject (a crop of the face for people)"
+                ),
+                io.Mask.Input(
+                    "mask", optional=True, tooltip="1 on the subject, 0 on the background; one mask or one per photo"
+                ),
                 io.Combo.Input("combine", options=list(COMBINE_MODES), default="average", optional=True),
             ],
             outputs=[NestedSubjectIO.Output(display_name="subject")],
         )
 
     @classmethod
-    def execute(cls, adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Optional[Tensor] = None,
-                combine: str = "average") -> io.NodeOutput:
+    def execute(
+        cls, adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Optional[Tensor] = None, combine: str = "average"
+    ) -> io.NodeOutput:
         return io.NodeOutput(encode_subject(adapter, clip_vision, image, mask, combine))
 
 
-def encode_subject(adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Optional[Tensor] = None,
-                   combine: str = "average") -> SubjectTokens:
+def encode_subject(
+    adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Optional[Tensor] = None, combine: str = "average"
+) -> SubjectTokens:
     """Encode a batch of photos of one subject into one SubjectTokens; errors name the input at fault."""
     if image.ndim != 4 or image.shape[0] == 0:
-        raise NestedAttentionError(f"Encode Subject: image has shape {list(image.shape)}; expected at least one "
-                                   "photo (a batch [B, H, W, C] with B >= 1)")
+        raise NestedAttentionError(
+            f"Encode Subject: image has shape {list(image.shape)}; expected at least one "
+            "photo (a batch [B, H, W, C] with B >= 1)"
+        )
     if combine not in COMBINE_MODES:
-        raise NestedAttentionError(f"Encode Subject: combine is '{combine}'; expected one of {', '.join(COMBINE_MODES)}")
+        raise NestedAttentionError(
+            f"Encode Subject: combine is '{combine}'; expected one of {', '.join(COMBINE_MODES)}"
+        )
     width = clip_vision_width(clip_vision)
     if width is not None and width != adapter.config.clip_vision_width:
         raise NestedAttentionError(
             f"Encode Subject: the CLIP vision model has width {width} but adapter '{adapter.name}' expects "
-            f"{adapter.config.clip_vision_width} ({_vision_name(adapter.config.clip_vision_width)}); load the CLIP vision "
-            "model the adapter was trained with"
+            f"{adapter.config.clip_vision_width} ({_vision_name(adapter.config.clip_vision_width)}); "
+            "load the CLIP vision model the adapter was trained with"
         )
     if mask is not None:
         image = _fill_background(image, mask, getattr(clip_vision, "image_mean", (0.48145466, 0.4578275, 0.40821073)))
     features = clip_vision.encode_image(image[..., :3], crop=True)["penultimate_hidden_states"]
     if features.shape[-1] != adapter.config.clip_vision_width:
-        raise NestedAttentionError(f"Encode Subject: CLIP vision features have width {features.shape[-1]}; adapter "
-                                   f"'{adapter.name}' expects {adapter.config.clip_vision_width}")
-    tokens, attention = adapter.encode(features)                        # [M, N, C], per layer [M, h, N, P+N]
+        raise NestedAttentionError(
+            f"Encode Subject: CLIP vision features have width {features.shape[-1]}; adapter "
+            f"'{adapter.name}' expects {adapter.config.clip_vision_width}"
+        )
+    tokens, attention = adapter.encode(features)  # [M, N, C], per layer [M, h, N, P+N]
     photos, count = tokens.shape[0], tokens.shape[1]
     try:
-        maps: Optional[Tensor] = qformer_patch_maps(attention, count)   # [M, N, g, g], for the maps node
+        maps: Optional[Tensor] = qformer_patch_maps(attention, count)  # [M, N, g, g], for the maps node
     except ValueError:
         maps = None
     if combine == "average":
@@ -86,8 +100,14 @@ def encode_subject(adapter: LoadedAdapter, clip_vision, image: Tensor, mask: Opt
         tokens = tokens.reshape(1, photos * count, tokens.shape[-1])
         patch_maps = maps.flatten(0, 1) if maps is not None else None
         token_photo = torch.arange(photos).repeat_interleave(count)
-    return SubjectTokens(tokens=tokens, adapter_fingerprint=adapter.fingerprint, num_images=photos, combine=combine,
-                         patch_maps=patch_maps, token_photo=token_photo if patch_maps is not None else None)
+    return SubjectTokens(
+        tokens=tokens,
+        adapter_fingerprint=adapter.fingerprint,
+        num_images=photos,
+        combine=combine,
+        patch_maps=patch_maps,
+        token_photo=token_photo if patch_maps is not None else None,
+    )
 
 
 def clip_vision_width(clip_vision) -> Optional[int]:
@@ -108,10 +128,12 @@ def _fill_background(image: Tensor, mask: Tensor, mean) -> Tensor:
     if mask.ndim != 3 or mask.shape[0] == 0:
         raise NestedAttentionError(f"Encode Subject: mask has shape {list(mask.shape)}; expected [H, W] or [B, H, W]")
     if mask.shape[0] not in (1, image.shape[0]):
-        raise NestedAttentionError(f"Encode Subject: {mask.shape[0]} masks for {image.shape[0]} photos; give one mask "
-                                   "for all photos or one per photo")
+        raise NestedAttentionError(
+            f"Encode Subject: {mask.shape[0]} masks for {image.shape[0]} photos; give one mask "
+            "for all photos or one per photo"
+        )
     resized = F.interpolate(mask[:, None].float(), size=image.shape[1:3], mode="bilinear", align_corners=False)
-    weight = resized.permute(0, 2, 3, 1).clamp(0, 1).to(image)          # [B, H, W, 1]
+    weight = resized.permute(0, 2, 3, 1).clamp(0, 1).to(image)  # [B, H, W, 1]
     fill = torch.tensor(mean, dtype=image.dtype, device=image.device)
     return image[..., :3] * weight + fill * (1 - weight)
 
@@ -124,7 +146,7 @@ class SaveNestedSubject(io.ComfyNode):
             display_name="Save Nested Subject",
             category=CATEGORY,
             description=f"Writes an encoded subject to models/{SUBJECT_FOLDER} as a small .safetensors file "
-                        "(never replacing an existing one), where Load Nested Subject finds it.",
+            "(never replacing an existing one), where Load Nested Subject finds it.",
             inputs=[NestedSubjectIO.Input("subject"), io.String.Input("filename_prefix", default="subject")],
             outputs=[],
             is_output_node=True,

@@ -22,8 +22,12 @@ class NestedTextEncode(io.ComfyNode):
             ),
             inputs=[
                 io.Clip.Input("clip"),
-                io.String.Input("text", multiline=True, dynamic_prompts=True,
-                                tooltip="The prompt; write each subject's word (e.g. 'person') where the subject belongs."),
+                io.String.Input(
+                    "text",
+                    multiline=True,
+                    dynamic_prompts=True,
+                    tooltip="The prompt; write each subject's word (e.g. 'person') where the subject belongs.",
+                ),
             ],
             outputs=[io.Conditioning.Output()],
         )
@@ -31,7 +35,11 @@ class NestedTextEncode(io.ComfyNode):
     @classmethod
     def execute(cls, clip, text: str) -> io.NodeOutput:
         if clip is None:
-            raise NestedAttentionError("Nested Text Encode: the clip input is empty; the checkpoint loader that "
-                                       "feeds it found no text encoder in its file")
+            raise NestedAttentionError(
+                "Nested Text Encode: the clip input is empty; the checkpoint loader that "
+                "feeds it found no text encoder in its file"
+            )
         tokens = clip.tokenize(text)
-        return io.NodeOutput(clip.encode_from_tokens_scheduled(tokens, add_dict={PROMPT_KEY: prompt_tokens(tokens, text)}))
+        return io.NodeOutput(
+            clip.encode_from_tokens_scheduled(tokens, add_dict={PROMPT_KEY: prompt_tokens(tokens, text)})
+        )

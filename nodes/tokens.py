@@ -96,4 +96,3 @@ def describe_occurrence(occurrence: int) -> str:
 def first_words(text: str, limit: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-

@@ -28,7 +28,6 @@ def comfy_base(tmp_path_factory):
 def pack(comfy_base):
     """The pack, loaded as ComfyUI loads a custom node folder, with ComfyUI's extra nodes and the dev nodes."""
     import nodes
-
     from nested_dev import dev_nodes
 
     logging.getLogger().setLevel(logging.INFO)
@@ -45,13 +44,19 @@ def assets(pack, comfy_base):
 
     folder = comfy_base / "models"
     for kind in ("sd15", "sdxl"):
-        for name, seed, ipa in ((f"{kind}_person.safetensors", 1, False), (f"{kind}_dog.safetensors", 2, False),
-                                (f"{kind}_ipa_plus.safetensors", 3, True)):
+        for name, seed, ipa in (
+            (f"{kind}_person.safetensors", 1, False),
+            (f"{kind}_dog.safetensors", 2, False),
+            (f"{kind}_ipa_plus.safetensors", 3, True),
+        ):
             write_tiny_adapter(folder / "nested_adapters" / name, kind, seed, ip_adapter_layout=ipa)
             adapter = tiny_adapter(kind, seed, ip_adapter_layout=ipa)
             for number in (1, 2):
-                write_tiny_subject(folder / "nested_subjects" / name.replace(".safetensors", f"_s{number}.safetensors"),
-                                   adapter, seed=10 * seed + number)
+                write_tiny_subject(
+                    folder / "nested_subjects" / name.replace(".safetensors", f"_s{number}.safetensors"),
+                    adapter,
+                    seed=10 * seed + number,
+                )
     return folder
 
 

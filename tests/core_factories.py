@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from nested_core.adapter import AdapterConfig, NestedAdapter
-from nested_core.layers import ip_adapter_number
+from nested_core.checkpoint.ipadapter import to_ip_adapter_layout
 from nested_core.qformer import QFormerConfig
 
 TINY_QFORMER = QFormerConfig(num_queries=4, dim=32, depth=2, heads=2, head_dim=16, ff_mult=2, in_dim=24, out_dim=32)
@@ -26,27 +26,31 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
-def random_adapter(qformer: QFormerConfig = TINY_QFORMER, layer_dims=(32, 64, 64), seed: int = 0,
-                   layer_keys=None, class_word: str = "dog") -> NestedAdapter:
-    config = AdapterConfig(qformer=qformer, layer_dims=tuple(layer_dims), layer_keys=layer_keys,
-                           base_family="custom", class_word=class_word)
+def random_adapter(
+    qformer: QFormerConfig = TINY_QFORMER,
+    layer_dims=(32, 64, 64),
+    seed: int = 0,
+    layer_keys=None,
+    class_word: str = "dog",
+) -> NestedAdapter:
+    config = AdapterConfig(
+        qformer=qformer,
+        layer_dims=tuple(layer_dims),
+        layer_keys=layer_keys,
+        base_family="custom",
+        class_word=class_word,
+    )
     return randomize_(NestedAdapter(config), seed).eval()
 
 
 def ip_adapter_state(adapter: NestedAdapter) -> dict[str, torch.Tensor]:
     """The adapter's tensors under IP-Adapter-Plus names (image_proj.*, ip_adapter.{2i+1}.*)."""
-    state = {}
-    for name, tensor in adapter.state_dict().items():
-        if name.startswith("qformer."):
-            state["image_proj." + name[len("qformer."):]] = tensor.clone()
-        else:
-            _, index, proj, _ = name.split(".")
-            state[f"ip_adapter.{ip_adapter_number(int(index))}.{proj}_ip.weight"] = tensor.clone()
-    return state
+    return {name: tensor.clone() for name, tensor in to_ip_adapter_layout(adapter.state_dict()).items()}
 
 
-def write_ip_adapter(path: "str | os.PathLike[str]", adapter: NestedAdapter, container: str = "safetensors",
-                     dtype=torch.float16) -> str:
+def write_ip_adapter(
+    path: "str | os.PathLike[str]", adapter: NestedAdapter, container: str = "safetensors", dtype=torch.float16
+) -> str:
     state = {k: v.to(dtype).contiguous() for k, v in ip_adapter_state(adapter).items()}
     path = os.fspath(path)
     if container == "safetensors":

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from typing import Any
 
 _ids = itertools.count()
-
-
-class FakeServer:
-    """What PromptExecutor needs of ComfyUI's server when nobody listens."""
-
-    client_id = None
-    last_node_id = None
-    last_prompt_id = None
-
-    def __init__(self):
-        self.events: list[tuple[str, Any]] = []
-
-    def send_sync(self, event, data, sid=None):
-        self.events.append((event, data))
 
 
 class GraphError(AssertionError):
@@ -31,15 +16,9 @@ class GraphError(AssertionError):
 
 def run_prompt(prompt: dict[str, dict]) -> list[tuple[str, Any]]:
     """Validate and execute a prompt; raise GraphError naming the failing node; return the messages."""
-    import execution
+    from nested_dev.headless import execute
 
-    prompt_id = f"test-{next(_ids)}"
-    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-    if not valid[0]:
-        raise AssertionError(f"prompt did not validate: {valid[1]} {valid[3]}")
-    executor = execution.PromptExecutor(FakeServer(), cache_type=execution.CacheType.CLASSIC,
-                                        cache_args={"lru": 0, "ram": 0})
-    executor.execute(prompt, prompt_id, {}, valid[2])
+    executor, _ = execute(prompt, f"test-{next(_ids)}")
     for event, data in executor.status_messages:
         if event == "execution_error":
             raise GraphError(data["node_id"], data["node_type"], data["exception_message"])
@@ -55,9 +34,29 @@ class Graph:
 
     def add(self, class_type: str, **inputs: Any) -> "Node":
         node_id = str(len(self.prompt) + 1)
-        self.prompt[node_id] = {"class_type": class_type,
-                                "inputs": {k: (v.ref() if isinstance(v, Output) else v) for k, v in inputs.items()}}
+        self.prompt[node_id] = {
+            "class_type": class_type,
+            "inputs": {k: (v.ref() if isinstance(v, Output) else v) for k, v in inputs.items()},
+        }
         return Node(node_id)
+
+    def sample(
+        self, model: Any, positive: Any, negative: Any, latent: Any, seed: int, steps: int, cfg: float
+    ) -> "Node":
+        """A KSampler (euler, normal schedule, full denoise) on the given model and prompts."""
+        return self.add(
+            "KSampler",
+            model=model,
+            seed=seed,
+            steps=steps,
+            cfg=cfg,
+            sampler_name="euler",
+            scheduler="normal",
+            positive=positive,
+            negative=negative,
+            latent_image=latent,
+            denoise=1.0,
+        )
 
 
 class Node:

@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from reference_math import nested_attention_reference
 from torch import Tensor
 
 from nested_core import load_adapter_checkpoint, load_subject
 from nested_core.layers import LayerKey, diffusers_order
-from reference_math import nested_attention_reference
 
 
 @dataclass
@@ -39,15 +39,17 @@ class ExpectedSubject:
             index = list(map(str, keys)).index(str(layer))
             tokens = load_subject(self.subject_path).tokens.double()
             state = checkpoint.state_dict
-            self._kv[layer] = (tokens @ state[f"nested.{index}.to_k.weight"].double().T,
-                               tokens @ state[f"nested.{index}.to_v.weight"].double().T)
+            self._kv[layer] = (
+                tokens @ state[f"nested.{index}.to_k.weight"].double().T,
+                tokens @ state[f"nested.{index}.to_v.weight"].double().T,
+            )
         return self._kv[layer]
 
 
 @dataclass
 class ExpectedPrompt:
-    context: Tensor                 # [1, L, D] the conditioning tensor
-    ids: Optional[list[int]]        # token ids per position (None: not a Nested Text Encode prompt)
+    context: Tensor  # [1, L, D] the conditioning tensor
+    ids: Optional[list[int]]  # token ids per position (None: not a Nested Text Encode prompt)
 
 
 def token_ids(clip, text: str) -> list[int]:
@@ -63,13 +65,24 @@ def single_token(clip, word: str) -> int:
 
 
 def attn2_module(model, layer: LayerKey):
-    path = {"input": f"input_blocks.{layer.number}.1", "output": f"output_blocks.{layer.number}.1",
-            "middle": "middle_block.1"}[layer.block]
+    path = {
+        "input": f"input_blocks.{layer.number}.1",
+        "output": f"output_blocks.{layer.number}.1",
+        "middle": "middle_block.1",
+    }[layer.block]
     return model.get_model_object("diffusion_model").get_submodule(f"{path}.transformer_blocks.{layer.depth}.attn2")
 
 
-def check_calls(records, model, clip, prompts: list[ExpectedPrompt], subjects: list[ExpectedSubject], sites,
-                foreign_strength: Optional[float] = None, foreign_add_strength: float = 0.0) -> dict[str, int]:
+def check_calls(
+    records,
+    model,
+    clip,
+    prompts: list[ExpectedPrompt],
+    subjects: list[ExpectedSubject],
+    sites,
+    foreign_strength: Optional[float] = None,
+    foreign_add_strength: float = 0.0,
+) -> dict[str, int]:
     """Assert every recorded call matches; return counts of calls with and without active subjects."""
     sampling = model.get_model_object("model_sampling")
     token_of = [single_token(clip, s.word) for s in subjects]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 
 def nested_attention_reference(
-    q: Tensor, k: Tensor, v: Tensor, heads: int,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    heads: int,
     subjects: Sequence[dict],
 ) -> Tensor:
     """Eq. 1 and Eq. 3 literally: every query builds its own value matrix.
@@ -28,18 +31,18 @@ def nested_attention_reference(
         for h in range(heads):
             cols = slice(h * dim, (h + 1) * dim)
             qh, kh, vh = q[b, :, cols], k[b, :, cols], v[b, :, cols]
-            weights = torch.softmax(qh @ kh.T / math.sqrt(dim), dim=-1)          # [Lq, Lctx]
+            weights = torch.softmax(qh @ kh.T / math.sqrt(dim), dim=-1)  # [Lq, Lctx]
             for i in range(queries):
-                values = vh.clone()                                               # V_q: [Lctx, D]
+                values = vh.clone()  # V_q: [Lctx, D]
                 for s in subjects:
                     nk = s["keys"][b if s["keys"].shape[0] > 1 else 0, :, cols].double()
                     nv = s["values"][b if s["values"].shape[0] > 1 else 0, :, cols].double()
-                    v_star = torch.softmax(qh[i] @ nk.T / math.sqrt(dim), dim=-1) @ nv   # Eq. 1
+                    v_star = torch.softmax(qh[i] @ nk.T / math.sqrt(dim), dim=-1) @ nv  # Eq. 1
                     mask = s.get("mask")
                     m = 1.0 if mask is None else float(mask[b if mask.shape[0] > 1 else 0, i])
                     for p in s["positions"][b]:
                         values[p] = vh[p] + s.get("weight", 1.0) * m * (v_star - vh[p])
-                out[b, i, cols] = weights[i] @ values                              # Eq. 3
+                out[b, i, cols] = weights[i] @ values  # Eq. 3
     return out
 
 

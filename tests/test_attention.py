@@ -6,10 +6,10 @@ import random
 
 import pytest
 import torch
+from reference_math import nested_attention_reference, plain_attention_reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from nested_core.attention import NestedSubject, TokenPositions, nested_attention, plain_attention
-from reference_math import nested_attention_reference, plain_attention_reference
 
 
 def relative_error(fast: torch.Tensor, reference: torch.Tensor) -> float:
@@ -32,7 +32,7 @@ def random_case(seed: int, dtype=torch.float32, max_subjects: int = 4):
     rng.shuffle(free)
     subjects, specs = [], []
     for _ in range(rng.randint(1, max_subjects)):
-        occurrences = [free.pop() for _ in range(rng.randint(1, 2))]           # a token repeated
+        occurrences = [free.pop() for _ in range(rng.randint(1, 2))]  # a token repeated
         per_row = []
         for _row in range(batch):
             present = rng.random() < 0.7
@@ -47,8 +47,11 @@ def random_case(seed: int, dtype=torch.float32, max_subjects: int = 4):
     q, k, v = (t.to(dtype) for t in (q, k, v))
     for spec in specs:
         spec["keys"], spec["values"] = spec["keys"].to(dtype), spec["values"].to(dtype)
-        subjects.append(NestedSubject(spec["keys"], spec["values"], TokenPositions.from_lists(spec["positions"]),
-                                      spec["weight"], spec["mask"]))
+        subjects.append(
+            NestedSubject(
+                spec["keys"], spec["values"], TokenPositions.from_lists(spec["positions"]), spec["weight"], spec["mask"]
+            )
+        )
     return q, k, v, heads, subjects, specs
 
 
@@ -76,8 +79,9 @@ def test_plain_attention_matches_reference():
 
 def test_no_positions_returns_the_base_output_itself():
     q, k, v, heads, subjects, _ = random_case(3)
-    empty = [NestedSubject(s.keys, s.values, TokenPositions.from_lists([[] for _ in range(q.shape[0])]))
-             for s in subjects]
+    empty = [
+        NestedSubject(s.keys, s.values, TokenPositions.from_lists([[] for _ in range(q.shape[0])])) for s in subjects
+    ]
     base = plain_attention(q, k, v, heads)
     assert nested_attention(q, k, v, heads, empty, base=base) is base
     assert torch.equal(nested_attention(q, k, v, heads, []), base)
@@ -85,9 +89,16 @@ def test_no_positions_returns_the_base_output_itself():
 
 def test_rows_without_a_subject_are_bit_identical():
     gen = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(3, 9, 32, generator=gen), torch.randn(3, 77, 32, generator=gen), torch.randn(3, 77, 32, generator=gen)
-    subject = NestedSubject(torch.randn(1, 4, 32, generator=gen), torch.randn(1, 4, 32, generator=gen),
-                            TokenPositions.from_lists([[], [5], []]))
+    q, k, v = (
+        torch.randn(3, 9, 32, generator=gen),
+        torch.randn(3, 77, 32, generator=gen),
+        torch.randn(3, 77, 32, generator=gen),
+    )
+    subject = NestedSubject(
+        torch.randn(1, 4, 32, generator=gen),
+        torch.randn(1, 4, 32, generator=gen),
+        TokenPositions.from_lists([[], [5], []]),
+    )
     base = plain_attention(q, k, v, 2)
     out = nested_attention(q, k, v, 2, [subject], base=base)
     assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2])
@@ -97,12 +108,18 @@ def test_rows_without_a_subject_are_bit_identical():
 def test_nested_values_equal_to_the_class_value_give_plain_attention():
     """If every nested value equals V[s*], v*_q = V[s*] for every query: nothing changes."""
     gen = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(2, 12, 32, generator=gen), torch.randn(2, 77, 32, generator=gen), torch.randn(2, 77, 32, generator=gen)
+    q, k, v = (
+        torch.randn(2, 12, 32, generator=gen),
+        torch.randn(2, 77, 32, generator=gen),
+        torch.randn(2, 77, 32, generator=gen),
+    )
     positions = [[4, 81 - 77], [9]]
     v[1, 9] = v[0, 4]
     same = v[0, 4].expand(1, 6, 32).clone()
     subject = NestedSubject(torch.randn(1, 6, 32, generator=gen), same, TokenPositions.from_lists(positions))
-    torch.testing.assert_close(nested_attention(q, k, v, 4, [subject]), plain_attention(q, k, v, 4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        nested_attention(q, k, v, 4, [subject]), plain_attention(q, k, v, 4), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_weight_zero_is_plain_attention_and_weight_scales_linearly():
@@ -138,9 +155,18 @@ def test_no_per_query_value_tensor_and_no_full_logits():
     batch, heads, dim, queries, context, tokens = 2, 4, 16, 256, 154, 16
     gen = torch.Generator().manual_seed(2)
     q = torch.randn(batch, queries, heads * dim, generator=gen)
-    k, v = torch.randn(batch, context, heads * dim, generator=gen), torch.randn(batch, context, heads * dim, generator=gen)
-    subjects = [NestedSubject(torch.randn(1, tokens, heads * dim, generator=gen), torch.randn(1, tokens, heads * dim, generator=gen),
-                              TokenPositions.from_lists([[3 + i, 80 + i], [3 + i, 80 + i]])) for i in range(4)]
+    k, v = (
+        torch.randn(batch, context, heads * dim, generator=gen),
+        torch.randn(batch, context, heads * dim, generator=gen),
+    )
+    subjects = [
+        NestedSubject(
+            torch.randn(1, tokens, heads * dim, generator=gen),
+            torch.randn(1, tokens, heads * dim, generator=gen),
+            TokenPositions.from_lists([[3 + i, 80 + i], [3 + i, 80 + i]]),
+        )
+        for i in range(4)
+    ]
     base = plain_attention(q, k, v, heads)
     with LargestTensor() as watch:
         nested_attention(q, k, v, heads, subjects, base=base)

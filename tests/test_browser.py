@@ -22,23 +22,31 @@ ARTIFACTS = PACK_ROOT / "test_artifacts"
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
-@pytest.mark.skipif(not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir() or shutil.which("node") is None,
-                    reason="playwright-core is not installed (cd tests/browser && npm install)")
+@pytest.mark.skipif(
+    not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir() or shutil.which("node") is None,
+    reason="playwright-core is not installed (cd tests/browser && npm install)",
+)
 def test_maps_view_highlights_and_warning_in_chromium(pack, tmp_path):
     pytest.importorskip("aiohttp", reason="the server needs the packages of dev-requirements.txt")
     from nested_dev.comfy_server import Server
     from nested_dev.demo import stand_in_ui
 
     server = Server(tmp_path, dev_nodes=True)
-    workflow = stand_in_ui(json.loads((PACK_ROOT / "workflows" / "attention_maps.json").read_text()), server.base, steps=3)
+    workflow = stand_in_ui(
+        json.loads((PACK_ROOT / "workflows" / "attention_maps.json").read_text()), server.base, steps=3
+    )
     workflow_path = tmp_path / "workflow.json"
     workflow_path.write_text(json.dumps(workflow))
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser_maps.png"
     try:
         server.start()
-        result = subprocess.run(["node", str(BROWSER_DIR / "maps_and_warnings.mjs"), server.url, str(workflow_path),
-                                 str(screenshot)], capture_output=True, text=True, timeout=420)
+        result = subprocess.run(
+            ["node", str(BROWSER_DIR / "maps_and_warnings.mjs"), server.url, str(workflow_path), str(screenshot)],
+            capture_output=True,
+            text=True,
+            timeout=420,
+        )
     finally:
         server.stop()
     assert server.process.poll() is not None, "the server must be stopped"

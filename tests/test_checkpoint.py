@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import pytest
 import torch
+from core_factories import IPA_QFORMER, ip_adapter_state, random_adapter, write_ip_adapter
 from safetensors.torch import save_file
 
-from core_factories import IPA_QFORMER, TINY_QFORMER, ip_adapter_state, random_adapter, write_ip_adapter
-from nested_core import (AdapterFileError, LayerKey, build_adapter, fingerprint, load_adapter_checkpoint,
-                         save_native)
+from nested_core import AdapterFileError, LayerKey, build_adapter, fingerprint, load_adapter_checkpoint, save_native
 from nested_core.checkpoint import IP_ADAPTER_PLUS, NATIVE
 from nested_core.convert import main as convert_main
 from nested_core.subject import SubjectTokens, load_subject, save_subject
@@ -40,8 +38,15 @@ def test_native_round_trip_gives_identical_outputs(tmp_path):
     assert_same_function(adapter, build_adapter(checkpoint.config, checkpoint.state_dict))
 
 
-@pytest.mark.parametrize("container,name", [("safetensors", "ipa.safetensors"), ("torch", "ipa.bin"),
-                                            ("safetensors", "mislabelled.bin"), ("torch", "no_extension")])
+@pytest.mark.parametrize(
+    "container,name",
+    [
+        ("safetensors", "ipa.safetensors"),
+        ("torch", "ipa.bin"),
+        ("safetensors", "mislabelled.bin"),
+        ("torch", "no_extension"),
+    ],
+)
 def test_ip_adapter_plus_files_load_as_nested_adapters(tmp_path, container, name):
     source = random_adapter(IPA_QFORMER, layer_dims=(64, 64, 128, 32), seed=2)
     path = write_ip_adapter(tmp_path / name, source, container, dtype=torch.float32)
@@ -88,8 +93,10 @@ def test_refusals_name_what_was_found(tmp_path):
     (tmp_path / "lfs.bin").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
     assert "Git LFS" in str(refusal(tmp_path / "lfs.bin"))
 
-    save_file({"image_proj.proj.weight": torch.zeros(4, 4), "ip_adapter.1.to_k_ip.weight": torch.zeros(4, 4)},
-              tmp_path / "ip-adapter_sd15.safetensors")
+    save_file(
+        {"image_proj.proj.weight": torch.zeros(4, 4), "ip_adapter.1.to_k_ip.weight": torch.zeros(4, 4)},
+        tmp_path / "ip-adapter_sd15.safetensors",
+    )
     assert "plain IP-Adapter" in str(refusal(tmp_path / "ip-adapter_sd15.safetensors"))
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, tmp_path / "sd.safetensors")
     assert "Stable Diffusion checkpoint" in str(refusal(tmp_path / "sd.safetensors"))
@@ -102,15 +109,18 @@ def tampered_ip_adapter(tmp_path, edit, name="ipa.safetensors"):
     return tmp_path / name
 
 
-@pytest.mark.parametrize("edit,expected", [
-    (lambda s: s.pop("image_proj.layers.1.0.to_out.weight"), "missing tensor"),
-    (lambda s: s.update({"image_proj.extra": torch.zeros(1)}), "unexpected tensor"),
-    (lambda s: s.update({"ip_adapter.3.to_v_ip.weight": torch.zeros(32, 16)}), "shape [32, 16]"),
-    (lambda s: s.update({"image_proj.proj_in.bias": torch.zeros(128, dtype=torch.int32)}), "dtype torch.int32"),
-    (lambda s: s["ip_adapter.1.to_k_ip.weight"].__setitem__((0, 0), float("nan")), "NaN"),
-    (lambda s: s.pop("ip_adapter.3.to_k_ip.weight"), "missing tensor"),
-    (lambda s: s.update({"ip_adapter.7.to_k_ip.weight": torch.zeros(32, 32)}), "numbered 1, 3, 7"),
-])
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        (lambda s: s.pop("image_proj.layers.1.0.to_out.weight"), "missing tensor"),
+        (lambda s: s.update({"image_proj.extra": torch.zeros(1)}), "unexpected tensor"),
+        (lambda s: s.update({"ip_adapter.3.to_v_ip.weight": torch.zeros(32, 16)}), "shape [32, 16]"),
+        (lambda s: s.update({"image_proj.proj_in.bias": torch.zeros(128, dtype=torch.int32)}), "dtype torch.int32"),
+        (lambda s: s["ip_adapter.1.to_k_ip.weight"].__setitem__((0, 0), float("nan")), "NaN"),
+        (lambda s: s.pop("ip_adapter.3.to_k_ip.weight"), "missing tensor"),
+        (lambda s: s.update({"ip_adapter.7.to_k_ip.weight": torch.zeros(32, 32)}), "numbered 1, 3, 7"),
+    ],
+)
 def test_damaged_ip_adapter_files_are_refused_with_the_reason(tmp_path, edit, expected):
     assert expected in str(refusal(tampered_ip_adapter(tmp_path, edit)))
 
@@ -121,6 +131,7 @@ def test_native_metadata_problems_are_refused(tmp_path):
     save_native(path, adapter.config, adapter.state_dict())
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
     from nested_core.checkpoint.native import metadata_for
+
     cases = {
         "format_version": ("2", "newer release"),
         "qformer": ("{not json", "unusable 'qformer'"),

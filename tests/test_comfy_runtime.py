@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 import comfy.sample
 import comfy.utils
+import pytest
+import torch
 from comfy.ldm.modules.attention import optimized_attention
 
 from nested_dev import tiny_models
@@ -29,7 +28,9 @@ def test_pass_through_attn2_replacement_on_every_layer_equals_the_unpatched_run(
 
     def passthrough(q, k, v, extra_options):
         calls.append(extra_options["block"])
-        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
+        return optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision")
+        )
 
     patched = model.clone()
     for key in sites:

@@ -10,8 +10,8 @@ import zipfile
 
 import pytest
 import torch
-
 from core_factories import IPA_QFORMER, TINY_QFORMER, random_adapter, write_ip_adapter
+
 from nested_core import AdapterFileError, LayerKey, build_adapter, load_adapter_checkpoint, save_native
 
 MUTANTS_PER_SOURCE = 80
@@ -76,19 +76,19 @@ def mutate_zip(data: bytes, rng: random.Random) -> bytes:
 
 def mutate(data: bytes, rng: random.Random, container: str) -> bytes:
     kind = rng.randrange(6)
-    if kind == 0:                                   # truncated download
+    if kind == 0:  # truncated download
         return data[: rng.randrange(len(data))]
-    if kind == 1:                                   # random flipped bytes anywhere
+    if kind == 1:  # random flipped bytes anywhere
         out = bytearray(data)
         for _ in range(rng.randint(1, 8)):
             out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
         return bytes(out)
-    if kind == 2:                                   # damage near the start (headers)
+    if kind == 2:  # damage near the start (headers)
         out = bytearray(data)
         for _ in range(rng.randint(1, 4)):
             out[rng.randrange(min(len(out), 300))] = rng.randrange(256)
         return bytes(out)
-    if kind == 3:                                   # garbage appended or prepended
+    if kind == 3:  # garbage appended or prepended
         junk = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
         return junk + data if rng.random() < 0.5 else data + junk
     if container == "safetensors":
@@ -101,14 +101,18 @@ def mutate(data: bytes, rng: random.Random, container: str) -> bytes:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sources")
-    native = random_adapter(TINY_QFORMER, layer_dims=(32, 64),
-                            layer_keys=(LayerKey("input", 1, 0), LayerKey("middle", 0, 0)))
+    native = random_adapter(
+        TINY_QFORMER, layer_dims=(32, 64), layer_keys=(LayerKey("input", 1, 0), LayerKey("middle", 0, 0))
+    )
     save_native(folder / "native.safetensors", native.config, native.state_dict())
     ipa = random_adapter(IPA_QFORMER, layer_dims=(64, 32))
     write_ip_adapter(folder / "ipa.safetensors", ipa, "safetensors")
     write_ip_adapter(folder / "ipa.bin", ipa, "torch")
-    return [(folder / "native.safetensors", "safetensors"), (folder / "ipa.safetensors", "safetensors"),
-            (folder / "ipa.bin", "zip")]
+    return [
+        (folder / "native.safetensors", "safetensors"),
+        (folder / "ipa.safetensors", "safetensors"),
+        (folder / "ipa.bin", "zip"),
+    ]
 
 
 def test_every_mutant_loads_cleanly_or_raises_adapter_file_error(sources, tmp_path):
@@ -125,7 +129,7 @@ def test_every_mutant_loads_cleanly_or_raises_adapter_file_error(sources, tmp_pa
                 assert path.name in str(error) and "found" in str(error) and "expected" in str(error)
                 refused += 1
                 continue
-            adapter = build_adapter(checkpoint.config, checkpoint.state_dict).float()   # as the nodes run it
+            adapter = build_adapter(checkpoint.config, checkpoint.state_dict).float()  # as the nodes run it
             tokens = adapter.encode(torch.randn(1, 5, checkpoint.config.clip_vision_width))
             assert torch.isfinite(tokens).all()
             loaded += 1

@@ -4,29 +4,51 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 import comfy.utils
+import pytest
 
 from nested_core import LayerKey, NestedAttentionError, SiteShape, bind_layers, diffusers_order
 from nested_dev import tiny_models
 
 # The real SD1.5 / SDXL UNet structure (block and transformer depths) at a small width.
 REAL_STRUCTURE = {
-    "sd15": dict(tiny_models.UNET_CONFIGS["sd15"], model_channels=32, channel_mult=[1, 2, 4, 4],
-                 num_res_blocks=[2, 2, 2, 2], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768, num_heads=8),
-    "sdxl": dict(tiny_models.UNET_CONFIGS["sdxl"], model_channels=32, channel_mult=[1, 2, 4],
-                 num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_middle=10,
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], context_dim=2048, num_head_channels=16),
+    "sd15": dict(
+        tiny_models.UNET_CONFIGS["sd15"],
+        model_channels=32,
+        channel_mult=[1, 2, 4, 4],
+        num_res_blocks=[2, 2, 2, 2],
+        transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+        transformer_depth_middle=1,
+        transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        context_dim=768,
+        num_heads=8,
+    ),
+    "sdxl": dict(
+        tiny_models.UNET_CONFIGS["sdxl"],
+        model_channels=32,
+        channel_mult=[1, 2, 4],
+        num_res_blocks=[2, 2, 2],
+        transformer_depth=[0, 0, 2, 2, 10, 10],
+        transformer_depth_middle=10,
+        transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
+        context_dim=2048,
+        num_head_channels=16,
+    ),
 }
-_DIFFUSERS = re.compile(r"^(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2\.to_k\.weight$")
+_DIFFUSERS = re.compile(
+    r"^(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?attentions\.(\d+)\.transformer_blocks\.(\d+)\.attn2\.to_k\.weight$"
+)
 
 
 def diffusers_processor_rank(name: str) -> tuple:
     """diffusers registers down_blocks, then up_blocks, then mid_block; indices ascend inside."""
     m = _DIFFUSERS.match(name)
-    return ({"down_blocks": 0, "up_blocks": 1, "mid_block": 2}[m.group(1)], int(m.group(2) or 0), int(m.group(3)), int(m.group(4)))
+    return (
+        {"down_blocks": 0, "up_blocks": 1, "mid_block": 2}[m.group(1)],
+        int(m.group(2) or 0),
+        int(m.group(3)),
+        int(m.group(4)),
+    )
 
 
 @pytest.mark.parametrize("kind,count", [("sd15", 16), ("sdxl", 70)])
@@ -41,8 +63,11 @@ def test_sites_and_order_match_comfyuis_diffusers_mapping(pack, kind, count):
     by_path = {comfy_path: name for name, comfy_path in to_comfy.items() if _DIFFUSERS.match(name)}
 
     def comfy_path(key) -> str:
-        block = {"input": f"input_blocks.{key.number}.1", "output": f"output_blocks.{key.number}.1",
-                 "middle": "middle_block.1"}[key.block]
+        block = {
+            "input": f"input_blocks.{key.number}.1",
+            "output": f"output_blocks.{key.number}.1",
+            "middle": "middle_block.1",
+        }[key.block]
         return f"{block}.transformer_blocks.{key.depth}.attn2.to_k.weight"
 
     names = {key: by_path[comfy_path(key)] for key in sites}
@@ -61,8 +86,11 @@ def test_layer_keys_parse_and_print():
 
 
 def test_binding_matches_by_key_and_reports_unserved_layers():
-    sites = {LayerKey("input", 1, 0): SiteShape(32, 64), LayerKey("middle", 0, 0): SiteShape(64, 64),
-             LayerKey("output", 3, 0): SiteShape(32, 64)}
+    sites = {
+        LayerKey("input", 1, 0): SiteShape(32, 64),
+        LayerKey("middle", 0, 0): SiteShape(64, 64),
+        LayerKey("output", 3, 0): SiteShape(32, 64),
+    }
     adapter_keys = (LayerKey("input", 1, 0), LayerKey("middle", 0, 0), LayerKey("input", 9, 0))
     layout = bind_layers("a.safetensors", (32, 64, 16), 64, adapter_keys, sites)
     assert layout.index_of == {LayerKey("input", 1, 0): 0, LayerKey("middle", 0, 0): 1}
@@ -71,14 +99,20 @@ def test_binding_matches_by_key_and_reports_unserved_layers():
     assert by_order.index_of == {k: i for i, k in enumerate(diffusers_order(sites))}
 
 
-@pytest.mark.parametrize("dims,width,keys,message", [
-    ((32, 32, 64), 768, None, "text context of width 768"),
-    ((32, 64), 64, None, "has 2 cross-attention layers and no layer ids; the model has 3"),
-    ((64, 32, 64), 64, None, "has width 64 but the model's layer input.1.0 has width 32"),
-    ((32,), 64, (LayerKey("input", 7, 0),), "none of the 1 layers"),
-])
+@pytest.mark.parametrize(
+    "dims,width,keys,message",
+    [
+        ((32, 32, 64), 768, None, "text context of width 768"),
+        ((32, 64), 64, None, "has 2 cross-attention layers and no layer ids; the model has 3"),
+        ((64, 32, 64), 64, None, "has width 64 but the model's layer input.1.0 has width 32"),
+        ((32,), 64, (LayerKey("input", 7, 0),), "none of the 1 layers"),
+    ],
+)
 def test_binding_refuses_adapters_for_another_model(dims, width, keys, message):
-    sites = {LayerKey("input", 1, 0): SiteShape(32, 64), LayerKey("middle", 0, 0): SiteShape(64, 64),
-             LayerKey("output", 3, 0): SiteShape(32, 64)}
+    sites = {
+        LayerKey("input", 1, 0): SiteShape(32, 64),
+        LayerKey("middle", 0, 0): SiteShape(64, 64),
+        LayerKey("output", 3, 0): SiteShape(32, 64),
+    }
     with pytest.raises(NestedAttentionError, match=re.escape(message)):
         bind_layers("x", dims, width, keys, sites)

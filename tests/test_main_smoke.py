@@ -11,8 +11,14 @@ from nested_dev.comfy_server import base_directory, command, environment, runnab
 
 def test_main_py_quick_test_loads_the_pack(tmp_path):
     pytest.importorskip("aiohttp", reason="main.py needs the server packages of dev-requirements.txt")
-    result = subprocess.run(command(base_directory(tmp_path), "--quick-test-for-ci"), cwd=runnable_root(tmp_path),
-                            env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        command(base_directory(tmp_path), "--quick-test-for-ci"),
+        cwd=runnable_root(tmp_path),
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
     pack_lines = [line for line in log.splitlines() if "custom_nodes/nested-attention" in line]

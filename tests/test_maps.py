@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from graph import Graph, run_prompt
+
 from nested_core.attention import TokenPositions
 from nested_core.maps import nested_token_weights, pca_rgb, qformer_patch_maps, source_heatmap, subject_attention
 from nested_dev.dev_nodes import CAPTURED
@@ -12,7 +12,11 @@ from nested_dev.dev_nodes import CAPTURED
 
 def test_subject_attention_and_token_weights_match_a_plain_softmax():
     gen = torch.Generator().manual_seed(0)
-    q, k, keys = torch.randn(2, 6, 8, generator=gen), torch.randn(2, 9, 8, generator=gen), torch.randn(1, 3, 8, generator=gen)
+    q, k, keys = (
+        torch.randn(2, 6, 8, generator=gen),
+        torch.randn(2, 9, 8, generator=gen),
+        torch.randn(1, 3, 8, generator=gen),
+    )
     positions = TokenPositions.from_lists([[2, 5], []])
     a = subject_attention(q, k, 2, positions.index, positions.valid)
     full = torch.softmax(q.view(2, 6, 2, 4).transpose(1, 2) @ k.view(2, 9, 2, 4).permute(0, 2, 3, 1) / 2, -1)
@@ -24,7 +28,7 @@ def test_subject_attention_and_token_weights_match_a_plain_softmax():
 
 def test_patch_maps_and_source_heatmap_are_distributions():
     gen = torch.Generator().manual_seed(1)
-    layers = [torch.softmax(torch.randn(3, 2, 4, 17 + 4, generator=gen), -1) for _ in range(2)]   # 4x4 patches + CLS
+    layers = [torch.softmax(torch.randn(3, 2, 4, 17 + 4, generator=gen), -1) for _ in range(2)]  # 4x4 patches + CLS
     maps = qformer_patch_maps(layers, num_tokens=4)
     assert maps.shape == (3, 4, 4, 4)
     torch.testing.assert_close(maps.sum((-1, -2)), torch.ones(3, 4))
@@ -41,8 +45,9 @@ def maps_graph(mask: bool, record: bool = True) -> Graph:
     adapter = g.add("LoadNestedAdapter", adapter_name="sd15_person.safetensors")
     photo = g.add("EmptyImage", width=48, height=48, batch_size=1, color=0x884422)
     subject = g.add("EncodeSubjectQFormer", adapter=adapter[0], clip_vision=vision[0], image=photo[0])
-    inputs = dict(model=tiny[0], adapter=adapter[0], subject=subject[0], token="person", weight=1.0, start_at=0.0,
-                  end_at=1.0)
+    inputs = dict(
+        model=tiny[0], adapter=adapter[0], subject=subject[0], token="person", weight=1.0, start_at=0.0, end_at=1.0
+    )
     if mask:
         empty = g.add("SolidMask", value=0.0, width=64, height=64)
         left = g.add("SolidMask", value=1.0, width=32, height=64)
@@ -55,14 +60,22 @@ def maps_graph(mask: bool, record: bool = True) -> Graph:
     positive = g.add("NestedTextEncode", clip=tiny[1], text="a photo of a person on a boat")
     negative = g.add("NestedTextEncode", clip=tiny[1], text="blurry")
     latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=2)
-    sampled = g.add("KSampler", model=model, seed=3, steps=4, cfg=5.0, sampler_name="euler", scheduler="normal",
-                    positive=positive[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
+    sampled = g.sample(model, positive[0], negative[0], latent[0], seed=3, steps=4, cfg=5.0)
     images = g.add("VAEDecode", samples=sampled[0], vae=tiny[2])
     g.add("NestedDevCapture", value=sampled[0], label="maps:latent")
     if record:
         g.add("NestedDevCapture", value=recording, label="maps:recording")
-        maps = g.add("NestedAttentionMaps", recording=recording, images=images[0], reference=photo[0], point_x=0.25,
-                     point_y=0.5, parts="all", first_step=0.0, last_step=1.0)
+        maps = g.add(
+            "NestedAttentionMaps",
+            recording=recording,
+            images=images[0],
+            reference=photo[0],
+            point_x=0.25,
+            point_y=0.5,
+            parts="all",
+            first_step=0.0,
+            last_step=1.0,
+        )
         for slot, name in enumerate(("subject", "source", "value")):
             g.add("NestedDevCapture", value=maps[slot], label=f"maps:{name}")
     return g
@@ -73,7 +86,7 @@ def test_maps_from_a_recorded_run(pack, assets):
     recording = CAPTURED["maps:recording"]
     assert recording.steps == 4 and set(recording.traces) == {0}
     averaged = recording.averaged(0, ("input", "middle", "output"), 0, 3)
-    assert averaged.shape == (2, 1 + 4, 8, 8)                     # 2 images, a_s* + 4 token weights, 8x8 grid
+    assert averaged.shape == (2, 1 + 4, 8, 8)  # 2 images, a_s* + 4 token weights, 8x8 grid
     torch.testing.assert_close(averaged[:, 1:].sum(1), torch.ones(2, 8, 8), rtol=1e-4, atol=1e-4)
     assert 0 < float(averaged[:, 0].max()) <= 1
     assert CAPTURED["maps:subject"].shape == (2, 64, 64, 3)
@@ -100,7 +113,7 @@ def test_recording_changes_nothing_in_the_image_and_costs_nothing_when_absent(pa
 def test_with_a_region_mask_the_recorded_influence_is_zero_outside_it(pack, assets):
     run_prompt(maps_graph(mask=True).prompt)
     averaged = CAPTURED["maps:recording"].averaged(0, ("input", "middle", "output"), 0, 3)
-    acting = averaged[:, 0]                                       # [2, 8, 8]; the mask covers the left half
+    acting = averaged[:, 0]  # [2, 8, 8]; the mask covers the left half
     assert torch.equal(acting[:, :, 4:], torch.zeros_like(acting[:, :, 4:]))
     assert float(acting[:, :, :4].min()) > 0
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 import logging
 
+import comfy.sample
 import pytest
 import torch
-
-import comfy.sample
-import nodes as comfy_nodes
-
 from graph import Graph, GraphError, run_prompt
+
+import nodes as comfy_nodes
 from nested_core import build_adapter, load_adapter_checkpoint
 from nested_dev import tiny_models
 from nested_dev.dev_nodes import CAPTURED
@@ -26,8 +25,9 @@ def sample(model, kind, text_seed=1, steps=2, cfg=5.0):
     positive = node("NestedTextEncode").execute(clip, "a photo of a person at the beach").args[0]
     negative = node("NestedTextEncode").execute(clip, "blurry").args[0]
     latent = torch.zeros(1, 4, 8, 8)
-    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), steps, cfg, "euler", "normal",
-                               positive, negative, latent, seed=0)
+    return comfy.sample.sample(
+        model, comfy.sample.prepare_noise(latent, 0), steps, cfg, "euler", "normal", positive, negative, latent, seed=0
+    )
 
 
 def applied(pack, assets, kind="sd15", adapter="person", subject="person_s1", **kw):
@@ -53,9 +53,12 @@ def test_a_clone_shares_subject_tensors_and_later_patches_do_not_leak_back(pack,
     _, patched, _, _ = applied(pack, assets)
     registry_key = pack.nodes.registry.REGISTRY_KEY
     clone = patched.clone()
-    assert clone.model_options["transformer_options"][registry_key][0] is patched.model_options["transformer_options"][registry_key][0]
+    assert (
+        clone.model_options["transformer_options"][registry_key][0]
+        is patched.model_options["transformer_options"][registry_key][0]
+    )
     before = sample(patched, "sd15")
-    g_model = node("NestedDevForeignPatch").execute(patched, 0.3, "add").args[0]   # add() onto our patches
+    g_model = node("NestedDevForeignPatch").execute(patched, 0.3, "add").args[0]  # add() onto our patches
     assert not torch.equal(sample(g_model, "sd15"), before)
     assert torch.equal(sample(patched, "sd15"), before), "add() on a clone must not reach the original"
 
@@ -77,12 +80,15 @@ def test_nested_keys_and_values_are_computed_once_per_device_and_dtype(pack, ass
     assert len(runs[0]._kv) == len(pack.nodes.model_layers.attn2_sites(patched))
 
 
-@pytest.mark.parametrize("inputs,message", [
-    (dict(token="ohwx man"), "is 2 CLIP tokens"),
-    (dict(token=" "), "token is empty"),
-    (dict(start_at=0.8, end_at=0.2), "start_at 0.8 and end_at 0.2"),
-    (dict(occurrence=-1), "occurrence is -1"),
-])
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        (dict(token="ohwx man"), "is 2 CLIP tokens"),
+        (dict(token=" "), "token is empty"),
+        (dict(start_at=0.8, end_at=0.2), "start_at 0.8 and end_at 0.2"),
+        (dict(occurrence=-1), "occurrence is -1"),
+    ],
+)
 def test_apply_refuses_bad_inputs_before_sampling(pack, assets, inputs, message):
     with pytest.raises(pack.nested_core.errors.NestedAttentionError, match=message):
         applied(pack, assets, **inputs)
@@ -91,9 +97,16 @@ def test_apply_refuses_bad_inputs_before_sampling(pack, assets, inputs, message)
 def test_apply_refuses_an_adapter_for_another_base_model(pack, assets):
     g = Graph()
     tiny = g.add("NestedDevTinyCheckpoint", kind="sd15", seed=0)
-    apply = g.add("ApplyNestedAttention", model=tiny[0], token="person", weight=1.0, start_at=0.0, end_at=1.0,
-                  adapter=g.add("LoadNestedAdapter", adapter_name="sdxl_person.safetensors")[0],
-                  subject=g.add("LoadNestedSubject", subject_name="sdxl_person_s1.safetensors")[0])
+    apply = g.add(
+        "ApplyNestedAttention",
+        model=tiny[0],
+        token="person",
+        weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+        adapter=g.add("LoadNestedAdapter", adapter_name="sdxl_person.safetensors")[0],
+        subject=g.add("LoadNestedSubject", subject_name="sdxl_person_s1.safetensors")[0],
+    )
     g.add("NestedDevCapture", value=apply[0], label="unused")
     with pytest.raises(GraphError) as error:
         run_prompt(g.prompt)
@@ -123,8 +136,18 @@ def test_a_prompt_not_encoded_with_nested_text_encode_warns(pack, assets, caplog
     positive = tiny_models.conditioning("sd15", seed=1)
     latent = torch.zeros(1, 4, 8, 8)
     with caplog.at_level(logging.WARNING):
-        comfy.sample.sample(patched, comfy.sample.prepare_noise(latent, 0), 2, 5.0, "euler", "normal", positive,
-                            tiny_models.conditioning("sd15", seed=2), latent, seed=0)
+        comfy.sample.sample(
+            patched,
+            comfy.sample.prepare_noise(latent, 0),
+            2,
+            5.0,
+            "euler",
+            "normal",
+            positive,
+            tiny_models.conditioning("sd15", seed=2),
+            latent,
+            seed=0,
+        )
     assert sum("not encoded with 'Nested Text Encode'" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -136,7 +159,9 @@ def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, ass
         qformer=core.qformer.QFormerConfig(**full.config.qformer.to_dict()),
         layer_dims=tuple(full.config.layer_dims[i] for i in keep),
         layer_keys=tuple(core.layers.LayerKey(*full.config.layer_keys[i]) for i in keep),
-        base_family="pruned", class_word="person")
+        base_family="pruned",
+        class_word="person",
+    )
     state = {k: v for k, v in full.state_dict.items() if k.startswith("qformer.")}
     for new, old in enumerate(keep):
         state[f"nested.{new}.to_k.weight"] = full.state_dict[f"nested.{old}.to_k.weight"]
@@ -146,8 +171,11 @@ def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, ass
     adapter = pack.nodes.adapter_runtime.load_adapter(str(path))
     subject = pack.nested_core.subject.load_subject(str(assets / "nested_subjects" / "sd15_person_s1.safetensors"))
     with caplog.at_level(logging.WARNING):
-        patched = node("ApplyNestedAttention").execute(tiny_models.build_unet("sd15"), adapter, subject, "person",
-                                                       1.0, 0.0, 1.0).args[0]
+        patched = (
+            node("ApplyNestedAttention")
+            .execute(tiny_models.build_unet("sd15"), adapter, subject, "person", 1.0, 0.0, 1.0)
+            .args[0]
+        )
     assert sum("has no weights for 4 of the model's 7" in r.getMessage() for r in caplog.records) == 1
     registry = patched.model_options["transformer_options"][pack.nodes.registry.REGISTRY_KEY]
     assert [str(k) for k in registry[0].layers] == [str(config.layer_keys[i]) for i in range(3)]
@@ -155,7 +183,7 @@ def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, ass
 
 
 def test_load_node_names_the_file_and_the_problem(pack, assets):
-    (assets / "nested_adapters" / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1")
+    (assets / "nested_adapters" / "broken.safetensors").write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1')
     g = Graph()
     g.add("NestedDevCapture", value=g.add("LoadNestedAdapter", adapter_name="broken.safetensors")[0], label="x")
     with pytest.raises(GraphError) as error:
@@ -164,13 +192,18 @@ def test_load_node_names_the_file_and_the_problem(pack, assets):
     (assets / "nested_adapters" / "broken.safetensors").unlink()
 
 
-def encode_graph(kind: str, mask: bool = False, clip_vision_kind: str = "tiny", combine: str = "average",
-                 adapter: str = "person"):
+def encode_graph(
+    kind: str, mask: bool = False, clip_vision_kind: str = "tiny", combine: str = "average", adapter: str = "person"
+):
     g = Graph()
     vision = g.add("NestedDevTinyCLIPVision", seed=0)
     image = g.add("EmptyImage", width=40, height=32, batch_size=2, color=0x3366CC)
-    inputs = dict(adapter=g.add("LoadNestedAdapter", adapter_name=f"{kind}_{adapter}.safetensors")[0],
-                  clip_vision=vision[0], image=image[0], combine=combine)
+    inputs = dict(
+        adapter=g.add("LoadNestedAdapter", adapter_name=f"{kind}_{adapter}.safetensors")[0],
+        clip_vision=vision[0],
+        image=image[0],
+        combine=combine,
+    )
     if mask:
         inputs["mask"] = g.add("SolidMask", value=1.0, width=40, height=32)[0]
     g.add("NestedDevCapture", value=g.add("EncodeSubjectQFormer", **inputs)[0], label="subject")
@@ -184,12 +217,16 @@ def test_encode_node_runs_the_q_former_on_clip_penultimate_features(pack, assets
     run_prompt(encode_graph("sd15", combine=combine).prompt)
     subject = CAPTURED["subject"]
     with torch.no_grad():
-        features = CAPTURED["clip_vision"].encode_image(CAPTURED["image"].clone(), crop=True)["penultimate_hidden_states"]
+        features = CAPTURED["clip_vision"].encode_image(CAPTURED["image"].clone(), crop=True)[
+            "penultimate_hidden_states"
+        ]
     checkpoint = load_adapter_checkpoint(assets / "nested_adapters" / "sd15_person.safetensors")
     with torch.no_grad():
         double = build_adapter(checkpoint.config, {k: v.double() for k, v in checkpoint.state_dict.items()})
         reference = double.encode(features.clone().double())
-    reference = reference.mean(0, keepdim=True) if combine == "average" else reference.reshape(1, -1, reference.shape[-1])
+    reference = (
+        reference.mean(0, keepdim=True) if combine == "average" else reference.reshape(1, -1, reference.shape[-1])
+    )
     torch.testing.assert_close(subject.tokens.double(), reference, rtol=1e-4, atol=1e-5)
     assert subject.num_images == 2 and subject.combine == combine
     assert subject.adapter_fingerprint == pack.nested_core.adapter.fingerprint(checkpoint.config, checkpoint.state_dict)
@@ -236,18 +273,32 @@ def test_saved_subjects_load_back_and_never_overwrite(pack, assets):
 def test_public_node_interface(pack):
     expected = {
         "LoadNestedAdapter": ("Load Nested Adapter", {"adapter_name": "COMBO"}, ["NESTED_ADAPTER"]),
-        "EncodeSubjectQFormer": ("Encode Subject (Q-Former)", {"adapter": "NESTED_ADAPTER", "clip_vision": "CLIP_VISION",
-                                                               "image": "IMAGE"}, ["NESTED_SUBJECT"]),
-        "ApplyNestedAttention": ("Apply Nested Attention", {"model": "MODEL", "adapter": "NESTED_ADAPTER",
-                                                            "subject": "NESTED_SUBJECT", "token": "STRING",
-                                                            "weight": "FLOAT", "start_at": "FLOAT", "end_at": "FLOAT"},
-                                 ["MODEL"]),
+        "EncodeSubjectQFormer": (
+            "Encode Subject (Q-Former)",
+            {"adapter": "NESTED_ADAPTER", "clip_vision": "CLIP_VISION", "image": "IMAGE"},
+            ["NESTED_SUBJECT"],
+        ),
+        "ApplyNestedAttention": (
+            "Apply Nested Attention",
+            {
+                "model": "MODEL",
+                "adapter": "NESTED_ADAPTER",
+                "subject": "NESTED_SUBJECT",
+                "token": "STRING",
+                "weight": "FLOAT",
+                "start_at": "FLOAT",
+                "end_at": "FLOAT",
+            },
+            ["MODEL"],
+        ),
         "NestedTextEncode": ("Nested Text Encode", {"clip": "CLIP", "text": "STRING"}, ["CONDITIONING"]),
     }
     for node_id, (title, required, outputs) in expected.items():
         info = node(node_id).GET_NODE_INFO_V1()
         assert info["display_name"] == title
-        assert {name: spec[0] if isinstance(spec[0], str) else "COMBO" for name, spec in info["input"]["required"].items()} == required
+        assert {
+            name: spec[0] if isinstance(spec[0], str) else "COMBO" for name, spec in info["input"]["required"].items()
+        } == required
         assert list(info["output"]) == outputs
     assert node("EncodeSubjectQFormer").GET_NODE_INFO_V1()["input"]["optional"]["mask"][0] == "MASK"
     assert node("ApplyNestedAttention").GET_NODE_INFO_V1()["input"]["optional"]["attn_mask"][0] == "MASK"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import torch
-
 from core_factories import IPA_QFORMER, TINY_QFORMER, ip_adapter_state, random_adapter
-from nested_core.qformer import QFormer
 from reference_math import resampler_reference
+
+from nested_core.qformer import QFormer
 
 
 def test_qformer_matches_the_published_resampler_on_random_weights():
     adapter = random_adapter(IPA_QFORMER, layer_dims=(64,), seed=3).double()
-    image_proj = {k[len("image_proj."):]: v for k, v in ip_adapter_state(adapter).items() if k.startswith("image_proj.")}
+    image_proj = {
+        k[len("image_proj.") :]: v for k, v in ip_adapter_state(adapter).items() if k.startswith("image_proj.")
+    }
     features = torch.randn(3, 17, IPA_QFORMER.in_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ours = adapter.encode(features)
     reference = resampler_reference(image_proj, features, heads=IPA_QFORMER.heads)

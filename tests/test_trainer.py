@@ -10,18 +10,33 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
-
 from graph import Graph, run_prompt
+from PIL import Image
+from train_data import make_dataset
+
 from nested_core import load_adapter_checkpoint
 from nested_dev.comfy_env import PACK_ROOT
 from nested_dev.comfy_server import free_port
 from nested_dev.dev_nodes import CAPTURED
-from train_data import make_dataset
 
-TINY = dict(base="tiny:sd15", clip_vision="tiny", class_word="dog", caption_template="a photo of a {word}",
-            resolution=64, batch_size=4, num_tokens=4, qformer_dim=32, qformer_depth=1, qformer_heads=2,
-            qformer_head_dim=16, lr=3e-3, progress=False, log_every=1, save_every=0, device="cpu")
+TINY = dict(
+    base="tiny:sd15",
+    clip_vision="tiny",
+    class_word="dog",
+    caption_template="a photo of a {word}",
+    resolution=64,
+    batch_size=4,
+    num_tokens=4,
+    qformer_dim=32,
+    qformer_depth=1,
+    qformer_heads=2,
+    qformer_head_dim=16,
+    lr=3e-3,
+    progress=False,
+    log_every=1,
+    save_every=0,
+    device="cpu",
+)
 
 
 def config(tmp_path, **changes):
@@ -88,10 +103,26 @@ def test_two_process_ddp_matches_one_process(pack, tmp_path):
         settings = dataclasses.asdict(config(tmp_path / str(processes), steps=3, batch_size=4))
         path = tmp_path / f"config_{processes}.json"
         path.write_text(json.dumps(settings))
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                   "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "nested_train", "--config", str(path)]
-        result = subprocess.run(command, cwd=PACK_ROOT, capture_output=True, text=True, timeout=600,
-                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={processes}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "nested_train",
+            "--config",
+            str(path),
+        ]
+        result = subprocess.run(
+            command,
+            cwd=PACK_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         runs[processes] = load_adapter_checkpoint(tmp_path / str(processes) / "out" / "adapter.safetensors").state_dict
     for name, single in runs[1].items():
@@ -113,20 +144,32 @@ def test_the_trained_adapter_loads_in_the_node_and_changes_the_image(pack, asset
         if bind:
             adapter = g.add("LoadNestedAdapter", adapter_name="trained_dog.safetensors")
             photo = g.add("LoadImage", image="dog_reference.png")
-            subject = g.add("EncodeSubjectQFormer", adapter=adapter[0], clip_vision=g.add("NestedDevTinyCLIPVision", seed=0)[0],
-                            image=photo[0])
-            model = g.add("ApplyNestedAttention", model=model, adapter=adapter[0], subject=subject[0], token="dog",
-                          weight=1.0, start_at=0.0, end_at=1.0)[0]
+            subject = g.add(
+                "EncodeSubjectQFormer",
+                adapter=adapter[0],
+                clip_vision=g.add("NestedDevTinyCLIPVision", seed=0)[0],
+                image=photo[0],
+            )
+            model = g.add(
+                "ApplyNestedAttention",
+                model=model,
+                adapter=adapter[0],
+                subject=subject[0],
+                token="dog",
+                weight=1.0,
+                start_at=0.0,
+                end_at=1.0,
+            )[0]
         positive = g.add("NestedTextEncode", clip=tiny[1], text="a photo of a dog")
         negative = g.add("NestedTextEncode", clip=tiny[1], text="")
         latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=1)
-        sampled = g.add("KSampler", model=model, seed=2, steps=3, cfg=5.0, sampler_name="euler", scheduler="normal",
-                        positive=positive[0], negative=negative[0], latent_image=latent[0], denoise=1.0)
+        sampled = g.sample(model, positive[0], negative[0], latent[0], seed=2, steps=3, cfg=5.0)
         g.add("NestedDevCapture", value=sampled[0], label=f"trained:{bind}")
         import folder_paths
 
-        Image.open(tmp_path / "data" / "subject_0" / "0.png").save(os.path.join(folder_paths.get_input_directory(),
-                                                                                "dog_reference.png"))
+        Image.open(tmp_path / "data" / "subject_0" / "0.png").save(
+            os.path.join(folder_paths.get_input_directory(), "dog_reference.png")
+        )
         run_prompt(g.prompt)
         latents[bind] = CAPTURED[f"trained:{bind}"]["samples"]
     assert not torch.allclose(latents[True], latents[False])
@@ -159,9 +202,14 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
     with pytest.raises(DatasetError) as error:
         Trainer(config(tmp_path, data=str(data)))
     text = str(error.value)
-    for expected in ("subject_0/1.png: empty file", "subject_0/2.png: unreadable image", "subject_1/tiny.png: 8x8 pixels",
-                     "0.mask.png: mask is 10x10 but its image is 64x64",
-                     "1.png: its caption does not contain the class word 'dog'", "subject 'subject_3' has no usable image"):
+    for expected in (
+        "subject_0/1.png: empty file",
+        "subject_0/2.png: unreadable image",
+        "subject_1/tiny.png: 8x8 pixels",
+        "0.mask.png: mask is 10x10 but its image is 64x64",
+        "1.png: its caption does not contain the class word 'dog'",
+        "subject 'subject_3' has no usable image",
+    ):
         assert expected in text, expected
     with pytest.raises(DatasetError, match="class word: token 'ohwx dog' is 2 CLIP tokens"):
         Trainer(config(tmp_path, data=str(data), class_word="ohwx dog"))

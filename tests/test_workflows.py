@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from graph import run_prompt
+
 from nested_dev.comfy_env import PACK_ROOT
 from nested_dev.workflows import check_workflow, ui_to_api
 
@@ -15,9 +15,16 @@ NAMES = sorted(p.name for p in FOLDER.glob("*.json"))
 
 
 def test_the_expected_workflows_ship():
-    assert NAMES == sorted(["one_subject_sdxl.json", "two_subjects_person_and_dog.json", "two_people_same_word.json",
-                            "subject_with_region_mask.json", "ip_adapter_plus_as_nested_adapter.json",
-                            "attention_maps.json"])
+    assert NAMES == sorted(
+        [
+            "one_subject_sdxl.json",
+            "two_subjects_person_and_dog.json",
+            "two_people_same_word.json",
+            "subject_with_region_mask.json",
+            "ip_adapter_plus_as_nested_adapter.json",
+            "attention_maps.json",
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,8 +10,9 @@ from PIL import Image, ImageDraw
 PALETTE = [(220, 60, 60), (60, 160, 80), (60, 90, 200), (230, 190, 40), (150, 70, 180)]
 
 
-def make_dataset(root: Path, subjects: int = 3, photos: int = 3, size: int = 64, captions: bool = True,
-                 masks: bool = True) -> Path:
+def make_dataset(
+    root: Path, subjects: int = 3, photos: int = 3, size: int = 64, captions: bool = True, masks: bool = True
+) -> Path:
     """Each subject: a shape of its own colour and kind, drawn at varying places and sizes."""
     rng = random.Random(0)
     for s in range(subjects):

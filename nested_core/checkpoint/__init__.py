@@ -9,8 +9,10 @@ from torch import Tensor
 
 from ..adapter import AdapterConfig
 from ..errors import AdapterFileError
-from .ipadapter import LAYOUT as IP_ADAPTER_PLUS, is_ip_adapter, read_ip_adapter_plus
-from .native import LAYOUT as NATIVE, is_native, read_native, save_native
+from .ipadapter import LAYOUT as IP_ADAPTER_PLUS
+from .ipadapter import is_ip_adapter, read_ip_adapter_plus
+from .native import LAYOUT as NATIVE
+from .native import is_native, read_native, save_native
 from .reader import RawCheckpoint, read_checkpoint
 
 __all__ = ["AdapterCheckpoint", "load_adapter_checkpoint", "save_native", "NATIVE", "IP_ADAPTER_PLUS"]
@@ -21,8 +23,8 @@ class AdapterCheckpoint:
     """A validated adapter file: its settings and the state dict of a ``NestedAdapter``."""
 
     path: str
-    format: str                     # NATIVE or IP_ADAPTER_PLUS
-    container: str                  # "safetensors" or "PyTorch pickle"
+    format: str  # NATIVE or IP_ADAPTER_PLUS
+    container: str  # "safetensors" or "PyTorch pickle"
     config: AdapterConfig
     state_dict: dict[str, Tensor]
 
@@ -37,8 +39,12 @@ def load_adapter_checkpoint(path: "str | os.PathLike[str]") -> AdapterCheckpoint
         config, state = read_ip_adapter_plus(raw)
         layout = IP_ADAPTER_PLUS
     else:
-        raise AdapterFileError(raw.path, _what_it_is(raw), f"a {NATIVE} or {IP_ADAPTER_PLUS} adapter",
-                               "Put only nested adapters in models/nested_adapters.")
+        raise AdapterFileError(
+            raw.path,
+            _what_it_is(raw),
+            f"a {NATIVE} or {IP_ADAPTER_PLUS} adapter",
+            "Put only nested adapters in models/nested_adapters.",
+        )
     return AdapterCheckpoint(raw.path, layout, raw.container, config, state)
 
 

@@ -39,29 +39,48 @@ def read_native(raw: RawCheckpoint) -> tuple[AdapterConfig, dict[str, Tensor]]:
     """Parse the metadata, check every tensor against it, and return the module's state dict."""
     meta = raw.metadata
     if meta.get("format") != FORMAT_NAME:
-        raise AdapterFileError(raw.path, "native tensor names but no 'format' metadata",
-                               f"metadata format='{FORMAT_NAME}' (see docs/FORMAT.md)")
+        raise AdapterFileError(
+            raw.path,
+            "native tensor names but no 'format' metadata",
+            f"metadata format='{FORMAT_NAME}' (see docs/FORMAT.md)",
+        )
     version = _integer(raw, "format_version")
     if version > FORMAT_VERSION:
-        raise AdapterFileError(raw.path, f"format_version {version}", f"version {FORMAT_VERSION} or older",
-                               "It was written by a newer release of the pack: update the pack.")
+        raise AdapterFileError(
+            raw.path,
+            f"format_version {version}",
+            f"version {FORMAT_VERSION} or older",
+            "It was written by a newer release of the pack: update the pack.",
+        )
     try:
         qformer = QFormerConfig.from_dict(json.loads(_field(raw, "qformer")))
     except (ValueError, TypeError) as exc:
-        raise AdapterFileError(raw.path, f"unusable 'qformer' metadata ({exc})",
-                               "a JSON object of positive integers (see docs/FORMAT.md)") from exc
-    for name, value in (("clip_vision_width", qformer.in_dim), ("num_tokens", qformer.num_queries),
-                        ("context_dim", qformer.out_dim)):
+        raise AdapterFileError(
+            raw.path, f"unusable 'qformer' metadata ({exc})", "a JSON object of positive integers (see docs/FORMAT.md)"
+        ) from exc
+    for name, value in (
+        ("clip_vision_width", qformer.in_dim),
+        ("num_tokens", qformer.num_queries),
+        ("context_dim", qformer.out_dim),
+    ):
         if _integer(raw, name) != value:
-            raise AdapterFileError(raw.path, f"metadata {name}={meta[name]} but qformer settings say {value}",
-                                   "consistent metadata")
+            raise AdapterFileError(
+                raw.path, f"metadata {name}={meta[name]} but qformer settings say {value}", "consistent metadata"
+            )
 
     count = len([n for n in raw.info if _NESTED_NAME.match(n)])
     dims = tuple(shape_of(raw, f"nested.{i}.to_k.weight", 2, LAYOUT)[0] for i in range(count))
-    config = AdapterConfig(qformer=qformer, layer_dims=dims, layer_keys=_layer_keys(raw, count),
-                           base_family=meta.get("base_family", "custom"), class_word=meta.get("class_word", ""))
+    config = AdapterConfig(
+        qformer=qformer,
+        layer_dims=dims,
+        layer_keys=_layer_keys(raw, count),
+        base_family=meta.get("base_family", "custom"),
+        class_word=meta.get("class_word", ""),
+    )
     if count == 0:
-        raise AdapterFileError(raw.path, "no nested layers ('nested.{i}.to_k.weight')", "one layer per cross-attention layer")
+        raise AdapterFileError(
+            raw.path, "no nested layers ('nested.{i}.to_k.weight')", "one layer per cross-attention layer"
+        )
     check_names_and_shapes(raw, expected_shapes(config), LAYOUT)
     return config, load_finite(raw)
 
@@ -90,8 +109,12 @@ def metadata_for(config: AdapterConfig) -> dict[str, str]:
     }
 
 
-def save_native(path: "str | os.PathLike[str]", config: AdapterConfig, state_dict: Mapping[str, Tensor],
-                dtype: "torch.dtype | None" = None) -> None:
+def save_native(
+    path: "str | os.PathLike[str]",
+    config: AdapterConfig,
+    state_dict: Mapping[str, Tensor],
+    dtype: "torch.dtype | None" = None,
+) -> None:
     """Write an adapter; the file appears complete or not at all (written aside, then renamed)."""
     expected = expected_shapes(config)
     if set(state_dict) != set(expected):
@@ -110,7 +133,9 @@ def save_native(path: "str | os.PathLike[str]", config: AdapterConfig, state_dic
 
 def _field(raw: RawCheckpoint, name: str) -> str:
     if name not in raw.metadata:
-        raise AdapterFileError(raw.path, f"no '{name}' metadata", f"the metadata of the {LAYOUT} format (docs/FORMAT.md)")
+        raise AdapterFileError(
+            raw.path, f"no '{name}' metadata", f"the metadata of the {LAYOUT} format (docs/FORMAT.md)"
+        )
     return raw.metadata[name]
 
 
@@ -130,9 +155,15 @@ def _layer_keys(raw: RawCheckpoint, count: int) -> "tuple[LayerKey, ...] | None"
             raise ValueError("not a list")
         keys = tuple(LayerKey.parse(str(item)) for item in order)
     except ValueError as exc:
-        raise AdapterFileError(raw.path, f"unusable 'layer_order' metadata ({exc})",
-                               f"'\"{DIFFUSERS_ORDER}\"' or a JSON list of ids like \"input.4.0\"") from exc
+        raise AdapterFileError(
+            raw.path,
+            f"unusable 'layer_order' metadata ({exc})",
+            f'\'"{DIFFUSERS_ORDER}"\' or a JSON list of ids like "input.4.0"',
+        ) from exc
     if len(keys) != count or len(set(keys)) != count:
-        raise AdapterFileError(raw.path, f"{len(keys)} layer ids ({len(set(keys))} distinct) for {count} layers",
-                               "one distinct id per nested layer")
+        raise AdapterFileError(
+            raw.path,
+            f"{len(keys)} layer ids ({len(set(keys))} distinct) for {count} layers",
+            "one distinct id per nested layer",
+        )
     return keys

@@ -29,16 +29,23 @@ SAFETENSORS = "safetensors"
 TORCH_PICKLE = "PyTorch pickle"
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     shape: tuple[int, ...]
-    dtype: "torch.dtype | str"   # a string for dtypes torch cannot hold
+    dtype: "torch.dtype | str"  # a string for dtypes torch cannot hold
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,12 @@ class RawCheckpoint:
         except AdapterFileError:
             raise
         except Exception as exc:  # the libraries raise many types for damaged data
-            raise AdapterFileError(self.path, f"a damaged {self.container} file ({_short(exc)})",
-                                   "complete tensor data", "Download the file again.") from exc
+            raise AdapterFileError(
+                self.path,
+                f"a damaged {self.container} file ({_short(exc)})",
+                "complete tensor data",
+                "Download the file again.",
+            ) from exc
 
 
 def read_checkpoint(path: "str | os.PathLike[str]") -> RawCheckpoint:
@@ -71,14 +82,19 @@ def read_checkpoint(path: "str | os.PathLike[str]") -> RawCheckpoint:
     with open(path, "rb") as handle:
         head = handle.read(64)
     if size == 0:
-        raise AdapterFileError(path, "an empty file (0 bytes)", "a safetensors or PyTorch file",
-                               "The download or copy did not finish.")
+        raise AdapterFileError(
+            path, "an empty file (0 bytes)", "a safetensors or PyTorch file", "The download or copy did not finish."
+        )
     if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
         return _read_torch(path)
     if _looks_like_safetensors(head, size):
         return _read_safetensors(path)
-    raise AdapterFileError(path, f"unrecognised content ({_describe_head(head)})",
-                           "a safetensors file or a PyTorch .bin/.pt file", _hint_for_head(head))
+    raise AdapterFileError(
+        path,
+        f"unrecognised content ({_describe_head(head)})",
+        "a safetensors file or a PyTorch .bin/.pt file",
+        _hint_for_head(head),
+    )
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -95,10 +111,16 @@ def _read_safetensors(path: str) -> RawCheckpoint:
             info = {}
             for name in f.keys():
                 piece = f.get_slice(name)
-                info[name] = TensorInfo(tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype()))
+                info[name] = TensorInfo(
+                    tuple(piece.get_shape()), _SAFETENSORS_DTYPES.get(piece.get_dtype(), piece.get_dtype())
+                )
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise AdapterFileError(path, f"a damaged or truncated safetensors file ({_short(exc)})",
-                               "a complete safetensors file", "Download the file again.") from exc
+        raise AdapterFileError(
+            path,
+            f"a damaged or truncated safetensors file ({_short(exc)})",
+            "a complete safetensors file",
+            "Download the file again.",
+        ) from exc
 
     def load() -> dict[str, Tensor]:
         with safe_open(path, framework="pt", device="cpu") as f:
@@ -117,12 +139,18 @@ def _read_torch(path: str) -> RawCheckpoint:
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip pickle
     except pickle.UnpicklingError as exc:
         raise AdapterFileError(
-            path, "a pickle that needs code or classes beyond plain tensors (refused; nothing in it was run)",
-            "a file of tensors only", "Only load files from sources you trust; prefer .safetensors.",
+            path,
+            "a pickle that needs code or classes beyond plain tensors (refused; nothing in it was run)",
+            "a file of tensors only",
+            "Only load files from sources you trust; prefer .safetensors.",
         ) from exc
     except Exception as exc:  # a damaged pickle or zip can fail in any of a dozen library exceptions
-        raise AdapterFileError(path, f"a damaged or truncated PyTorch file ({_short(exc)})",
-                               "a complete PyTorch .bin/.pt file", "Download the file again.") from exc
+        raise AdapterFileError(
+            path,
+            f"a damaged or truncated PyTorch file ({_short(exc)})",
+            "a complete PyTorch .bin/.pt file",
+            "Download the file again.",
+        ) from exc
 
     tensors = _flatten(path, obj)
     info = {name: TensorInfo(tuple(t.shape), t.dtype) for name, t in tensors.items()}
@@ -132,8 +160,9 @@ def _read_torch(path: str) -> RawCheckpoint:
 def _flatten(path: str, obj: object, prefix: str = "") -> dict[str, Tensor]:
     """{"image_proj": {"latents": t}} -> {"image_proj.latents": t}"""
     if not isinstance(obj, dict):
-        raise AdapterFileError(path, f"a pickled {type(obj).__name__} at '{prefix or '<top>'}'",
-                               "a dictionary of tensors")
+        raise AdapterFileError(
+            path, f"a pickled {type(obj).__name__} at '{prefix or '<top>'}'", "a dictionary of tensors"
+        )
     out: dict[str, Tensor] = {}
     for key, value in obj.items():
         name = f"{prefix}.{key}" if prefix else str(key)
@@ -142,7 +171,9 @@ def _flatten(path: str, obj: object, prefix: str = "") -> dict[str, Tensor]:
         elif isinstance(value, dict):
             out.update(_flatten(path, value, name))
         else:
-            raise AdapterFileError(path, f"a {type(value).__name__} at '{name}'", "only tensors and dictionaries of tensors")
+            raise AdapterFileError(
+                path, f"a {type(value).__name__} at '{name}'", "only tensors and dictionaries of tensors"
+            )
     return out
 
 

@@ -31,16 +31,21 @@ def qformer_shapes(config: QFormerConfig, prefix: str) -> dict[str, tuple[int, .
     }
     for i in range(config.depth):
         layer = f"layers.{i}"
-        shapes.update({
-            f"{layer}.0.norm1.weight": (config.dim,), f"{layer}.0.norm1.bias": (config.dim,),
-            f"{layer}.0.norm2.weight": (config.dim,), f"{layer}.0.norm2.bias": (config.dim,),
-            f"{layer}.0.to_q.weight": (inner, config.dim),
-            f"{layer}.0.to_kv.weight": (2 * inner, config.dim),
-            f"{layer}.0.to_out.weight": (config.dim, inner),
-            f"{layer}.1.0.weight": (config.dim,), f"{layer}.1.0.bias": (config.dim,),
-            f"{layer}.1.1.weight": (hidden, config.dim),
-            f"{layer}.1.3.weight": (config.dim, hidden),
-        })
+        shapes.update(
+            {
+                f"{layer}.0.norm1.weight": (config.dim,),
+                f"{layer}.0.norm1.bias": (config.dim,),
+                f"{layer}.0.norm2.weight": (config.dim,),
+                f"{layer}.0.norm2.bias": (config.dim,),
+                f"{layer}.0.to_q.weight": (inner, config.dim),
+                f"{layer}.0.to_kv.weight": (2 * inner, config.dim),
+                f"{layer}.0.to_out.weight": (config.dim, inner),
+                f"{layer}.1.0.weight": (config.dim,),
+                f"{layer}.1.0.bias": (config.dim,),
+                f"{layer}.1.1.weight": (hidden, config.dim),
+                f"{layer}.1.3.weight": (config.dim, hidden),
+            }
+        )
     return {prefix + name: shape for name, shape in shapes.items()}
 
 
@@ -48,20 +53,33 @@ def check_names_and_shapes(raw: RawCheckpoint, expected: Mapping[str, tuple[int,
     """Every expected tensor present with its shape and a floating dtype; nothing else present."""
     missing = [name for name in expected if name not in raw.info]
     if missing:
-        raise AdapterFileError(raw.path, f"{len(missing)} missing tensor(s): {_listing(missing)}",
-                               f"every tensor of the {layout} layout", "The file is incomplete or of another kind.")
+        raise AdapterFileError(
+            raw.path,
+            f"{len(missing)} missing tensor(s): {_listing(missing)}",
+            f"every tensor of the {layout} layout",
+            "The file is incomplete or of another kind.",
+        )
     unexpected = [name for name in raw.info if name not in expected]
     if unexpected:
-        raise AdapterFileError(raw.path, f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}",
-                               f"only the tensors of the {layout} layout")
+        raise AdapterFileError(
+            raw.path,
+            f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}",
+            f"only the tensors of the {layout} layout",
+        )
     for name, shape in expected.items():
         found = raw.info[name]
         if found.shape != tuple(shape):
-            raise AdapterFileError(raw.path, f"tensor '{name}' of shape {list(found.shape)}",
-                                   f"shape {list(shape)} for the {layout} layout")
+            raise AdapterFileError(
+                raw.path,
+                f"tensor '{name}' of shape {list(found.shape)}",
+                f"shape {list(shape)} for the {layout} layout",
+            )
         if not (isinstance(found.dtype, torch.dtype) and found.dtype.is_floating_point):
-            raise AdapterFileError(raw.path, f"tensor '{name}' of dtype {found.dtype}",
-                                   "a floating-point dtype (float16, bfloat16 or float32)")
+            raise AdapterFileError(
+                raw.path,
+                f"tensor '{name}' of dtype {found.dtype}",
+                "a floating-point dtype (float16, bfloat16 or float32)",
+            )
 
 
 def load_finite(raw: RawCheckpoint) -> dict[str, Tensor]:
@@ -69,13 +87,20 @@ def load_finite(raw: RawCheckpoint) -> dict[str, Tensor]:
     tensors = raw.load()
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
-            raise AdapterFileError(raw.path, f"NaN or infinite values in tensor '{name}'",
-                                   "finite weights", "The file is corrupted; download it again.")
+            raise AdapterFileError(
+                raw.path,
+                f"NaN or infinite values in tensor '{name}'",
+                "finite weights",
+                "The file is corrupted; download it again.",
+            )
         largest = float(tensor.abs().max()) if tensor.numel() else 0.0
         if largest > PLAUSIBLE_MAGNITUDE:
-            raise AdapterFileError(raw.path, f"values up to {largest:.3g} in tensor '{name}'",
-                                   f"weights below {PLAUSIBLE_MAGNITUDE:g} in magnitude, as trained adapters have",
-                                   "The file is corrupted; download it again.")
+            raise AdapterFileError(
+                raw.path,
+                f"values up to {largest:.3g} in tensor '{name}'",
+                f"weights below {PLAUSIBLE_MAGNITUDE:g} in magnitude, as trained adapters have",
+                "The file is corrupted; download it again.",
+            )
     return tensors
 
 
@@ -85,8 +110,11 @@ def shape_of(raw: RawCheckpoint, name: str, rank: int, layout: str) -> tuple[int
         raise AdapterFileError(raw.path, f"a missing tensor '{name}'", f"every tensor of the {layout} layout")
     shape = raw.info[name].shape
     if len(shape) != rank or min(shape, default=1) <= 0:
-        raise AdapterFileError(raw.path, f"tensor '{name}' of shape {list(shape)}",
-                               f"a non-empty {rank}-dimensional tensor for the {layout} layout")
+        raise AdapterFileError(
+            raw.path,
+            f"tensor '{name}' of shape {list(shape)}",
+            f"a non-empty {rank}-dimensional tensor for the {layout} layout",
+        )
     return shape
 
 
