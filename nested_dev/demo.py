@@ -1,11 +1,13 @@
-"""./dev demo: the two-subject example workflow, run headless through ComfyUI's own executor.
+"""./dev demo: the pack's example workflows, run headless through ComfyUI's own executor.
 
-Without real models it runs on small random-weight stand-ins it builds (and says so): the point
-is to show the pack loading as a custom node folder, the graph executing, and each subject's word
-being found. With ``COMFYUI_PATH`` pointing at a ComfyUI that has SDXL, CLIP ViT-H and the nested
-adapters of the workflow (see README), it runs the same workflow on those models instead.
+By default it runs the toy world's workflows (one subject, two subjects, attention maps) on the
+small models this project trained and committed (toy_world/): a real personalisation of held-out
+creatures at 64 x 64 pixels. With ``COMFYUI_PATH`` pointing at a ComfyUI that has SDXL, CLIP ViT-H
+and the nested adapters of the two-subject workflow (see README) it runs that workflow on them.
+``--random`` runs the two-subject workflow on random-weight stand-ins instead (and says so).
 
-Writes the images and ``report.md`` / ``report.json`` into the output folder (default ./demo_output).
+Writes the images, map previews and ``report.md`` / ``report.json`` into the output folder
+(default ./demo_output).
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
+
+import numpy as np
+from PIL import Image
 
 from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui, use_folders
+from .workflows import ui_to_api
 
 log = logging.getLogger("nested_dev.demo")
 
@@ -34,21 +41,7 @@ class Collector(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("Nested Attention:"):
-            self.lines.append(f"{record.levelname.lower()}: {message[len('Nested Attention: '):]}")
-
-
-class Server:
-    """Collects the executor's events (node start, cached, errors) for the report."""
-
-    client_id = None            # set by the executor from extra_data["client_id"]
-    last_node_id = None
-    last_prompt_id = None
-
-    def __init__(self):
-        self.events: list[tuple[str, Any]] = []
-
-    def send_sync(self, event, data, sid=None):
-        self.events.append((event, data))
+            self.lines.append(f"{record.levelname.lower()}: {message[len('Nested Attention: ') :]}")
 
 
 def stand_in_photos(folder: Path, names: list[str]) -> None:
@@ -97,8 +90,9 @@ def tiny_prompt(prompt: dict, base: Path, steps: int) -> tuple[dict, list[str]]:
         word = "dog" if "pet" in name else "person"
         write_tiny_adapter(base / "models" / "nested_adapters" / name, "sdxl", seed=seed, class_word=word)
     stand_in_photos(base / "input", sorted(photos))
-    return out, [f"adapter {a}: random-weight stand-in" for a in sorted(adapters)] + \
-        [f"photo {p}: drawn stand-in" for p in sorted(photos)]
+    return out, [f"adapter {a}: random-weight stand-in" for a in sorted(adapters)] + [
+        f"photo {p}: drawn stand-in" for p in sorted(photos)
+    ]
 
 
 def stand_in_ui(workflow: dict, base: Path, steps: int) -> dict:
@@ -128,18 +122,79 @@ def stand_in_ui(workflow: dict, base: Path, steps: int) -> dict:
 def missing_real_files(prompt: dict) -> list[str]:
     import folder_paths
 
-    wanted = {"CheckpointLoaderSimple": ("checkpoints", "ckpt_name"), "CLIPVisionLoader": ("clip_vision", "clip_name"),
-              "LoadNestedAdapter": ("nested_adapters", "adapter_name")}
+    wanted = {
+        "CheckpointLoaderSimple": ("checkpoints", "ckpt_name"),
+        "CLIPVisionLoader": ("clip_vision", "clip_name"),
+        "LoadNestedAdapter": ("nested_adapters", "adapter_name"),
+    }
     missing = []
     for node in prompt.values():
         if node["class_type"] in wanted:
             folder, key = wanted[node["class_type"]]
             if folder_paths.get_full_path(folder, node["inputs"][key]) is None:
                 missing.append(f"models/{folder}/{node['inputs'][key]}")
-        if node["class_type"] == "LoadImage" and not os.path.exists(os.path.join(folder_paths.get_input_directory(),
-                                                                                   node["inputs"]["image"])):
+        if node["class_type"] == "LoadImage" and not os.path.exists(
+            os.path.join(folder_paths.get_input_directory(), node["inputs"]["image"])
+        ):
             missing.append(f"input/{node['inputs']['image']}")
     return missing
+
+
+def toy_setup(base: Path) -> list[str]:
+    """Files the toy workflows name: the trained nested adapter and two held-out creatures' photos."""
+    import random
+
+    from toy_world.models import WEIGHTS
+    from toy_world.world import split_identities, subject_photo
+
+    from .make_workflows import TOY_ADAPTER
+
+    folder = base / "models" / "nested_adapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(WEIGHTS / "adapter_nested.safetensors", folder / TOY_ADAPTER)
+    _, held_out = split_identities()
+    rng = random.Random(2024)
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    notes = []
+    for name, identity in (("creature_a.png", held_out[0]), ("creature_b.png", held_out[1])):
+        Image.fromarray((subject_photo(identity, rng) * 255).astype(np.uint8)).save(base / "input" / name)
+        notes.append(f"photo {name}: held-out creature {identity.describe()} (never seen in training)")
+    return notes
+
+
+def plan(args: argparse.Namespace, root: Path, output: Path) -> tuple[str, list[tuple[Path, Callable]], list[str]]:
+    """(mode, [(workflow file, prompt transform)], notes) for real models, the toy world or stand-ins."""
+    from toy_world.models import WEIGHTS
+
+    from .make_workflows import DEMO_WORKFLOW, TOY_WORKFLOWS
+
+    user_workflow = PACK_ROOT / "workflows" / DEMO_WORKFLOW
+    if bool(os.environ.get("COMFYUI_PATH")) and not args.stand_ins:
+        return f"real models from {root}", [(user_workflow, lambda p: p)], []
+    base = output / "comfy_base"
+    if (WEIGHTS / "adapter_nested.safetensors").is_file() and not args.random:
+        notes = toy_setup(base)
+        folder = PACK_ROOT / "toy_world" / "workflows"
+        return (
+            (
+                "TOY WORLD: the small models this project trained on its own procedural world (toy_world/); "
+                "a real personalisation at 64 x 64 pixels, not SDXL"
+            ),
+            [(folder / n, lambda p: p) for n in TOY_WORKFLOWS],
+            notes,
+        )
+    collected: list[str] = []
+
+    def stand_ins(prompt: dict) -> dict:
+        prompt, notes = tiny_prompt(prompt, base, args.steps)
+        collected.extend(notes)
+        return prompt
+
+    return (
+        "RANDOM-WEIGHT STAND-INS (tiny SDXL-shaped UNet, text encoders, CLIP vision and adapters built by the demo)",
+        [(user_workflow, stand_ins)],
+        collected,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -150,12 +205,11 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     import comfy.utils
-    import execution
     import folder_paths
+
     import nodes
 
-    from .make_workflows import DEMO_WORKFLOW
-    from .workflows import ui_to_api
+    from . import dev_nodes
 
     if real:
         extra = root / "extra_model_paths.yaml"
@@ -166,67 +220,84 @@ def run(args: argparse.Namespace) -> int:
     else:
         use_folders(output / "comfy_base")
     folder_paths.set_output_directory(str(output))
+    folder_paths.set_temp_directory(str(output / "previews"))
     collector = Collector()
     logging.getLogger().addHandler(collector)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     load_pack()
-
-    workflow_path = PACK_ROOT / "workflows" / DEMO_WORKFLOW
-    prompt = ui_to_api(json.loads(workflow_path.read_text()))
-    notes = []
-    if real:
-        missing = missing_real_files(prompt)
-        if missing:
-            log.error("COMFYUI_PATH=%s lacks: %s. Add them (see README) or run with --stand-ins.", root, ", ".join(missing))
-            return 2
-        mode = f"real models from {root}"
-    else:
-        prompt, notes = tiny_prompt(prompt, output / "comfy_base", args.steps)
-        mode = "RANDOM-WEIGHT STAND-INS (tiny SDXL-shaped UNet, text encoders, CLIP vision and adapters built by the demo)"
+    dev_nodes.register()
+    mode, runs, notes = plan(args, root, output)
     log.info("demo mode: %s", mode)
-
     steps: list[float] = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: steps.append(time.perf_counter()))
-    server = Server()
-    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
-    valid = asyncio.run(execution.validate_prompt("demo", prompt, None))
-    if not valid[0]:
-        log.error("the workflow did not validate: %s %s", valid[1], valid[3])
-        return 1
-    started = time.perf_counter()
-    executor.execute(prompt, "demo", {"client_id": "demo"}, valid[2])
-    elapsed = time.perf_counter() - started
-    errors = [data for event, data in executor.status_messages if event == "execution_error"]
-    ran = [data["node"] for event, data in server.events if event == "executing" and data.get("node")]
-    images = sorted(str(p.relative_to(output)) for p in output.glob("*.png"))
-    intervals = [b - a for a, b in zip(steps, steps[1:])]
-    report = {
-        "mode": mode, "workflow": f"workflows/{DEMO_WORKFLOW}", "success": executor.success and not errors,
-        "nodes_run": [f"{node_id} {prompt[node_id]['class_type']}" for node_id in ran if node_id in prompt],
-        "pack_messages": collector.lines, "stand_ins": notes, "seconds_total": round(elapsed, 2),
-        "seconds_per_step": [round(t, 3) for t in intervals], "images": images,
-        "errors": [f"node {e['node_id']} ({e['node_type']}): {e['exception_message']}" for e in errors],
-    }
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, node_id=None: steps.append(time.perf_counter())
+    )
+    report = {"mode": mode, "stand_ins": notes, "workflows": []}
+    for workflow, transform in runs:
+        prompt = transform(ui_to_api(json.loads(workflow.read_text())))
+        if real and (missing := missing_real_files(prompt)):
+            log.error(
+                "COMFYUI_PATH=%s lacks: %s. Add them (see README) or run with --stand-ins.", root, ", ".join(missing)
+            )
+            return 2
+        collector.lines.clear()
+        steps.clear()
+        report["workflows"].append(execute(prompt, workflow, output, collector, steps))
+    report["stand_ins"] = notes
+    report["success"] = all(w["success"] for w in report["workflows"])
     (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (output / "report.md").write_text(markdown(report))
-    log.info("wrote %s and %s", output / "report.md", ", ".join(images) or "no images")
+    log.info("wrote %s", output / "report.md")
     return 0 if report["success"] else 1
 
 
+def execute(prompt: dict, workflow: Path, output: Path, collector: Collector, steps: list[float]) -> dict:
+    """Run one API prompt through ComfyUI's executor; what ran, what the pack said, what it wrote."""
+    from .headless import execute as run_prompt
+
+    before = set(output.rglob("*.png"))
+    started = time.perf_counter()
+    try:
+        executor, server = run_prompt(prompt, "demo", client_id="demo")
+    except ValueError as error:
+        return {"workflow": str(workflow.relative_to(PACK_ROOT)), "success": False, "errors": [str(error)]}
+    elapsed = time.perf_counter() - started
+    errors = [data for event, data in executor.status_messages if event == "execution_error"]
+    ran = [data["node"] for event, data in server.events if event == "executing" and data.get("node")]
+    intervals = [b - a for a, b in zip(steps, steps[1:])]
+    return {
+        "workflow": str(workflow.relative_to(PACK_ROOT)),
+        "success": executor.success and not errors,
+        "nodes_run": [f"{node_id} {prompt[node_id]['class_type']}" for node_id in ran if node_id in prompt],
+        "pack_messages": list(collector.lines),
+        "seconds_total": round(elapsed, 2),
+        "seconds_per_step": [round(t, 3) for t in intervals],
+        "images": sorted(
+            str(p.relative_to(output)) for p in set(output.rglob("*.png")) - before if "comfy_base" not in p.parts
+        ),
+        "errors": [f"node {e['node_id']} ({e['node_type']}): {e['exception_message']}" for e in errors],
+    }
+
+
 def markdown(report: dict) -> str:
-    lines = ["# Nested Attention demo", "", f"* mode: **{report['mode']}**", f"* workflow: `{report['workflow']}`",
-             f"* success: {report['success']}, {report['seconds_total']} s in all", ""]
-    if report["stand_ins"]:
-        lines += ["The images are noise-like: the models have random weights. They show that the graph runs, "
-                  "not what Nested Attention looks like.", ""] + [f"* {n}" for n in report["stand_ins"]] + [""]
-    lines += ["## What the pack reported", ""] + [f"* {m}" for m in report["pack_messages"]] + [""]
-    lines += ["## Nodes run (in order)", ""] + [f"* {n}" for n in report["nodes_run"]] + [""]
-    steps = report["seconds_per_step"]
-    if steps:
-        lines += [f"## Sampling: {len(steps) + 1} steps, {sum(steps) / len(steps):.3f} s per step after the first", ""]
-    lines += ["## Images", ""] + [f"* {i}" for i in report["images"]] + [""]
-    if report["errors"]:
-        lines += ["## Errors", ""] + [f"* {e}" for e in report["errors"]] + [""]
+    lines = ["# Nested Attention demo", "", f"* mode: **{report['mode']}**", f"* success: {report['success']}", ""]
+    if report["mode"].startswith("RANDOM"):
+        lines += [
+            "The images are noise-like: the models have random weights. They show that the graph runs, "
+            "not what Nested Attention looks like.",
+            "",
+        ]
+    lines += [f"* {n}" for n in report["stand_ins"]] + [""]
+    for run in report["workflows"]:
+        lines += [f"## {run['workflow']}", "", f"success: {run['success']}, {run.get('seconds_total', 0)} s", ""]
+        lines += ["What the pack reported:", ""] + [f"* {m}" for m in run.get("pack_messages", [])] + [""]
+        lines += ["Nodes run, in order: " + ", ".join(run.get("nodes_run", [])), ""]
+        steps = run.get("seconds_per_step", [])
+        if steps:
+            lines += [f"Sampling: {sum(steps) / len(steps):.3f} s per step.", ""]
+        lines += ["Images: " + ", ".join(f"`{i}`" for i in run.get("images", [])), ""]
+        if run.get("errors"):
+            lines += ["Errors:", ""] + [f"* {e}" for e in run["errors"]] + [""]
     return "\n".join(lines)
 
 
@@ -234,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./dev demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default=str(PACK_ROOT / "demo_output"), help="folder for images and the report")
     parser.add_argument("--steps", type=int, default=8, help="sampling steps on the stand-ins")
-    parser.add_argument("--stand-ins", action="store_true", help="use the built-in stand-ins even with COMFYUI_PATH set")
+    parser.add_argument(
+        "--stand-ins", action="store_true", help="use the toy world (or stand-ins) even with COMFYUI_PATH set"
+    )
+    parser.add_argument("--random", action="store_true", help="random-weight stand-ins instead of the toy world")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run(parser.parse_args(argv))
 

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from torch import Tensor
-
 from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
+from torch import Tensor
 
 from . import tiny_models
 
@@ -28,15 +27,18 @@ class NestedDevTinyCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevTinyCheckpoint", display_name="Tiny random checkpoint (dev)", category="nested_attention/dev",
+            node_id="NestedDevTinyCheckpoint",
+            display_name="Tiny random checkpoint (dev)",
+            category="nested_attention/dev",
             inputs=[io.Combo.Input("kind", options=["sd15", "sdxl"]), io.Int.Input("seed", default=0)],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
     @classmethod
     def execute(cls, kind: str, seed: int) -> io.NodeOutput:
-        return io.NodeOutput(tiny_models.build_unet(kind, seed), tiny_models.build_clip(kind, seed),
-                             tiny_models.build_vae(seed))
+        return io.NodeOutput(
+            tiny_models.build_unet(kind, seed), tiny_models.build_clip(kind, seed), tiny_models.build_vae(seed)
+        )
 
 
 class NestedDevTinyCLIPVision(io.ComfyNode):
@@ -45,13 +47,57 @@ class NestedDevTinyCLIPVision(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevTinyCLIPVision", display_name="Tiny random CLIP vision (dev)", category="nested_attention/dev",
-            inputs=[io.Int.Input("seed", default=0)], outputs=[io.ClipVision.Output()],
+            node_id="NestedDevTinyCLIPVision",
+            display_name="Tiny random CLIP vision (dev)",
+            category="nested_attention/dev",
+            inputs=[io.Int.Input("seed", default=0)],
+            outputs=[io.ClipVision.Output()],
         )
 
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
         return io.NodeOutput(tiny_models.build_clip_vision(seed))
+
+
+class NestedDevToyCheckpoint(io.ComfyNode):
+    """The toy world's trained UNet, text encoder and VAE (toy_world/weights)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NestedDevToyCheckpoint",
+            display_name="Toy world checkpoint (dev)",
+            category="nested_attention/dev",
+            inputs=[],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        from toy_world.models import load_toy
+
+        model, clip, vae, _ = load_toy()
+        return io.NodeOutput(model, clip, vae)
+
+
+class NestedDevToyCLIPVision(io.ComfyNode):
+    """The toy world's frozen image encoder."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="NestedDevToyCLIPVision",
+            display_name="Toy world CLIP vision (dev)",
+            category="nested_attention/dev",
+            inputs=[],
+            outputs=[io.ClipVision.Output()],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        from toy_world.models import build_clip_vision
+
+        return io.NodeOutput(build_clip_vision())
 
 
 class NestedDevCapture(io.ComfyNode):
@@ -60,9 +106,13 @@ class NestedDevCapture(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevCapture", display_name="Capture (dev)", category="nested_attention/dev",
+            node_id="NestedDevCapture",
+            display_name="Capture (dev)",
+            category="nested_attention/dev",
             inputs=[io.AnyType.Input("value"), io.String.Input("label", default="out")],
-            outputs=[], is_output_node=True, not_idempotent=True,
+            outputs=[],
+            is_output_node=True,
+            not_idempotent=True,
         )
 
     @classmethod
@@ -100,11 +150,21 @@ class Recorder:
 
     def __call__(self, q, k, v, extra_options):
         out = self.inner(q, k, v, extra_options)
-        RECORDS.setdefault(self.label, []).append(Attn2Call(
-            self.layer, q.detach().clone(), k.detach().clone(), v.detach().clone(), out.detach().clone(),
-            list(extra_options.get("uuids", [])), list(extra_options["cond_or_uncond"]),
-            float(extra_options["sigmas"].reshape(-1)[0]), int(extra_options["n_heads"]),
-            list(extra_options.get("activations_shape", [])), list(extra_options["original_shape"])))
+        RECORDS.setdefault(self.label, []).append(
+            Attn2Call(
+                self.layer,
+                q.detach().clone(),
+                k.detach().clone(),
+                v.detach().clone(),
+                out.detach().clone(),
+                list(extra_options.get("uuids", [])),
+                list(extra_options["cond_or_uncond"]),
+                float(extra_options["sigmas"].reshape(-1)[0]),
+                int(extra_options["n_heads"]),
+                list(extra_options.get("activations_shape", [])),
+                list(extra_options["original_shape"]),
+            )
+        )
         return out
 
     def __deepcopy__(self, memo):
@@ -117,7 +177,9 @@ class NestedDevRecordAttn2(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevRecordAttn2", display_name="Record attn2 (dev)", category="nested_attention/dev",
+            node_id="NestedDevRecordAttn2",
+            display_name="Record attn2 (dev)",
+            category="nested_attention/dev",
             inputs=[io.Model.Input("model"), io.String.Input("label", default="calls")],
             outputs=[io.Model.Output()],
         )
@@ -164,9 +226,14 @@ class NestedDevForeignPatch(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="NestedDevForeignPatch", display_name="Foreign attn2 patch (dev)", category="nested_attention/dev",
-            inputs=[io.Model.Input("model"), io.Float.Input("strength", default=0.5),
-                    io.Combo.Input("mode", options=["replace", "add"])],
+            node_id="NestedDevForeignPatch",
+            display_name="Foreign attn2 patch (dev)",
+            category="nested_attention/dev",
+            inputs=[
+                io.Model.Input("model"),
+                io.Float.Input("strength", default=0.5),
+                io.Combo.Input("mode", options=["replace", "add"]),
+            ],
             outputs=[io.Model.Output()],
         )
 
@@ -185,7 +252,15 @@ class NestedDevForeignPatch(io.ComfyNode):
         return io.NodeOutput(patched)
 
 
-DEV_NODES = [NestedDevTinyCheckpoint, NestedDevTinyCLIPVision, NestedDevCapture, NestedDevRecordAttn2, NestedDevForeignPatch]
+DEV_NODES = [
+    NestedDevTinyCheckpoint,
+    NestedDevTinyCLIPVision,
+    NestedDevToyCheckpoint,
+    NestedDevToyCLIPVision,
+    NestedDevCapture,
+    NestedDevRecordAttn2,
+    NestedDevForeignPatch,
+]
 
 
 def register() -> None:

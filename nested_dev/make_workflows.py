@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui
@@ -22,19 +22,67 @@ PETS = "nested_attention_pets_sdxl.safetensors"
 IPA_FACE = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 NEGATIVE = "blurry, low quality, deformed, watermark, text"
 
-FILES_NOTE = (f"Models: {SDXL} in models/checkpoints, {CLIP_VISION} in models/clip_vision, nested adapters in "
-              "models/nested_adapters. Reference photos go in ComfyUI/input (a square crop of the face works best "
-              "for people). See the pack's README for downloads.")
+FILES_NOTE = (
+    f"Models: {SDXL} in models/checkpoints, {CLIP_VISION} in models/clip_vision, nested adapters in "
+    "models/nested_adapters. Reference photos go in ComfyUI/input (a square crop of the face works best "
+    "for people). See the pack's README for downloads."
+)
+
+
+@dataclass(frozen=True)
+class Base:
+    """Which loaders, image size and sampler settings a family of workflows uses."""
+
+    checkpoint: tuple[str, dict]
+    vision: tuple[str, dict]
+    size: int
+    steps: int
+    cfg: float
+    sampler: tuple[str, str]
+    negative: str
+    files_note: str
+
+
+SDXL_BASE = Base(
+    ("CheckpointLoaderSimple", {"ckpt_name": SDXL}),
+    ("CLIPVisionLoader", {"clip_name": CLIP_VISION}),
+    1024,
+    30,
+    5.0,
+    ("dpmpp_2m", "karras"),
+    NEGATIVE,
+    FILES_NOTE,
+)
+TOY_BASE = Base(
+    ("NestedDevToyCheckpoint", {}),
+    ("NestedDevToyCLIPVision", {}),
+    64,
+    20,
+    3.0,
+    ("euler", "normal"),
+    "",
+    "Toy world (toy_world/): the small models this project trained on its own procedural world.",
+)
+TOY_ADAPTER = "toy_creature_nested.safetensors"
 
 
 class Layout:
     """A workflow with the usual scaffolding: checkpoint, CLIP vision, prompts, sampler, save."""
 
-    def __init__(self, positive: str, steps: int = 30, cfg: float = 5.0, seed: int = 42):
+    def __init__(
+        self,
+        positive: str,
+        steps: Optional[int] = None,
+        cfg: Optional[float] = None,
+        seed: int = 42,
+        base: Base = SDXL_BASE,
+    ):
         self.w = UIWorkflow()
-        self.checkpoint = self.w.add("CheckpointLoaderSimple", (20, 60), ckpt_name=SDXL)
-        self.vision = self.w.add("CLIPVisionLoader", (20, 260), clip_name=CLIP_VISION)
-        self.positive_text, self.steps, self.cfg, self.seed = positive, steps, cfg, seed
+        self.base = base
+        self.checkpoint = self.w.add(base.checkpoint[0], (20, 60), **base.checkpoint[1])
+        self.vision = self.w.add(base.vision[0], (20, 260), **base.vision[1])
+        self.positive_text, self.seed = positive, seed
+        self.steps, self.cfg = steps or base.steps, cfg or base.cfg
         self.model, self.model_slot = self.checkpoint, 0
         self.row = 380
 
@@ -52,11 +100,52 @@ class Layout:
         self.row += 360
         return encode
 
-    def apply(self, adapter: dict, subject: dict, token: str, title: str, occurrence: int = 0, weight: float = 1.0,
-              mask: Optional[tuple[dict, int]] = None) -> dict:
+    def half_mask(self, side: str, width: int, height: int) -> dict:
+        """Core mask nodes making a mask that is 1 on the ``side`` ("left"/"right") half of the image."""
+        column, row = 380, self.row
+        canvas = self.w.add("SolidMask", (column, row), title="Empty canvas", value=0.0, width=width, height=height)
+        half = self.w.add(
+            "SolidMask",
+            (column, row + 140),
+            title=f"{side.capitalize()} half",
+            value=1.0,
+            width=width // 2,
+            height=height,
+        )
+        mask = self.w.add(
+            "MaskComposite",
+            (column, row + 280),
+            title=f"Where it may appear: the {side} half",
+            x=width // 2 if side == "right" else 0,
+            y=0,
+            operation="add",
+        )
+        self.w.connect(canvas, 0, mask, "destination")
+        self.w.connect(half, 0, mask, "source")
+        self.row += 460
+        return mask
+
+    def apply(
+        self,
+        adapter: dict,
+        subject: dict,
+        token: str,
+        title: str,
+        occurrence: int = 0,
+        weight: float = 1.0,
+        mask: Optional[tuple[dict, int]] = None,
+    ) -> dict:
         column = 760 + 340 * sum(1 for n in self.w.nodes if n["type"] == "ApplyNestedAttention")
-        node = self.w.add("ApplyNestedAttention", (column, 60), title=title, token=token, weight=weight,
-                          start_at=0.0, end_at=1.0, occurrence=occurrence)
+        node = self.w.add(
+            "ApplyNestedAttention",
+            (column, 60),
+            title=title,
+            token=token,
+            weight=weight,
+            start_at=0.0,
+            end_at=1.0,
+            occurrence=occurrence,
+        )
         self.w.connect(self.model, self.model_slot, node, "model")
         self.w.connect(adapter, 0, node, "adapter")
         self.w.connect(subject, 0, node, "subject")
@@ -68,12 +157,21 @@ class Layout:
     def finish(self, prefix: str, note: str) -> dict:
         x = 760 + 340 * max(1, sum(1 for n in self.w.nodes if n["type"] == "ApplyNestedAttention"))
         positive = self.w.add("NestedTextEncode", (760, 420), title="Positive prompt", text=self.positive_text)
-        negative = self.w.add("NestedTextEncode", (760, 700), title="Negative prompt", text=NEGATIVE)
+        negative = self.w.add("NestedTextEncode", (760, 700), title="Negative prompt", text=self.base.negative)
         for encoder in (positive, negative):
             self.w.connect(self.checkpoint, 1, encoder, "clip")
-        latent = self.w.add("EmptyLatentImage", (x, 420), width=1024, height=1024, batch_size=1)
-        sampler = self.w.add("KSampler", (x + 340, 60), seed=self.seed, steps=self.steps, cfg=self.cfg,
-                             sampler_name="dpmpp_2m", scheduler="karras", denoise=1.0)
+        size = self.base.size
+        latent = self.w.add("EmptyLatentImage", (x, 420), width=size, height=size, batch_size=1)
+        sampler = self.w.add(
+            "KSampler",
+            (x + 340, 60),
+            seed=self.seed,
+            steps=self.steps,
+            cfg=self.cfg,
+            sampler_name=self.base.sampler[0],
+            scheduler=self.base.sampler[1],
+            denoise=1.0,
+        )
         self.w.connect(self.model, self.model_slot, sampler, "model")
         self.w.connect(positive, 0, sampler, "positive")
         self.w.connect(negative, 0, sampler, "negative")
@@ -83,7 +181,7 @@ class Layout:
         self.w.connect(self.checkpoint, 2, decode, "vae")
         save = self.w.add("SaveImage", (x + 680, 200), filename_prefix=prefix)
         self.w.connect(decode, 0, save, "images")
-        self.w.note(note + "\n\n" + FILES_NOTE, (20, self.row), (700, 220))
+        self.w.note(note + "\n\n" + self.base.files_note, (20, self.row), (700, 220))
         return self.w.to_json()
 
 
@@ -92,8 +190,11 @@ def one_subject() -> dict:
     faces = layout.adapter(FACES)
     subject = layout.subject(faces, "person.png", "Person")
     layout.apply(faces, subject, "person", "Bind the person")
-    return layout.finish("nested_one_subject", "ONE SUBJECT. The word 'person' in the prompt becomes the person in "
-                         "the photo. Keep the word in the prompt; change everything else freely.")
+    return layout.finish(
+        "nested_one_subject",
+        "ONE SUBJECT. The word 'person' in the prompt becomes the person in "
+        "the photo. Keep the word in the prompt; change everything else freely.",
+    )
 
 
 def person_and_dog() -> dict:
@@ -103,8 +204,11 @@ def person_and_dog() -> dict:
     dog = layout.subject(pets, "dog.png", "Dog")
     layout.apply(faces, person, "person", "Bind the person")
     layout.apply(pets, dog, "dog", "Bind the dog")
-    return layout.finish("nested_person_and_dog", "TWO SUBJECTS, TWO DOMAINS. A face adapter binds 'person', a pet "
-                         "adapter binds 'dog'; each word takes its own subject. Chain one Apply node per subject.")
+    return layout.finish(
+        "nested_person_and_dog",
+        "TWO SUBJECTS, TWO DOMAINS. A face adapter binds 'person', a pet "
+        "adapter binds 'dog'; each word takes its own subject. Chain one Apply node per subject.",
+    )
 
 
 def two_people() -> dict:
@@ -114,25 +218,25 @@ def two_people() -> dict:
     second = layout.subject(faces, "person_b.png", "Second person")
     layout.apply(faces, first, "person", "Bind the 1st 'person'", occurrence=1)
     layout.apply(faces, second, "person", "Bind the 2nd 'person'", occurrence=2)
-    return layout.finish("nested_two_people", "TWO PEOPLE, ONE WORD. Both subjects use the word 'person': occurrence "
-                         "1 binds the first 'person' in the prompt, occurrence 2 the second.")
+    return layout.finish(
+        "nested_two_people",
+        "TWO PEOPLE, ONE WORD. Both subjects use the word 'person': occurrence "
+        "1 binds the first 'person' in the prompt, occurrence 2 the second.",
+    )
 
 
 def region_mask() -> dict:
     layout = Layout("a photo of a person sitting on a bench in a park, autumn, wide shot")
     faces = layout.adapter(FACES)
     subject = layout.subject(faces, "person.png", "Person", mask_from_alpha=True)
-    canvas = layout.w.add("SolidMask", (380, layout.row), title="Empty canvas", value=0.0, width=1024, height=1024)
-    region = layout.w.add("SolidMask", (380, layout.row + 140), title="Right half", value=1.0, width=512, height=1024)
-    mask = layout.w.add("MaskComposite", (380, layout.row + 280), title="Where the subject may appear",
-                        x=512, y=0, operation="add")
-    layout.w.connect(canvas, 0, mask, "destination")
-    layout.w.connect(region, 0, mask, "source")
-    layout.row += 460
+    mask = layout.half_mask("right", 1024, 1024)
     layout.apply(faces, subject, "person", "Bind the person (right half)", mask=(mask, 0))
-    return layout.finish("nested_region_mask", "REGION MASK. attn_mask (right half here) limits where the subject "
-                         "acts; elsewhere 'person' stays a plain word. The reference photo's alpha channel, if it has "
-                         "one, removes its background before encoding (Encode's mask input).")
+    return layout.finish(
+        "nested_region_mask",
+        "REGION MASK. attn_mask (right half here) limits where the subject "
+        "acts; elsewhere 'person' stays a plain word. The reference photo's alpha channel, if it has "
+        "one, removes its background before encoding (Encode's mask input).",
+    )
 
 
 def ip_adapter_plus() -> dict:
@@ -140,34 +244,53 @@ def ip_adapter_plus() -> dict:
     adapter = layout.adapter(IPA_FACE)
     subject = layout.subject(adapter, "person.png", "Person")
     layout.apply(adapter, subject, "person", "Bind the person")
-    return layout.finish("nested_ip_adapter_plus", "AN IP-ADAPTER-PLUS FILE AS THE NESTED ADAPTER. Load Nested Adapter "
-                         "reads ip-adapter-plus(-face) files (SD1.5 or SDXL): their resampler is the Q-Former and their "
-                         "per-layer K/V projections give the nested keys and values. They were trained for IP-Adapter, "
-                         "not for nested attention, so expect weaker identity than a nested adapter.")
+    return layout.finish(
+        "nested_ip_adapter_plus",
+        "AN IP-ADAPTER-PLUS FILE AS THE NESTED ADAPTER. Load Nested Adapter "
+        "reads ip-adapter-plus(-face) files (SD1.5 or SDXL): their resampler is the Q-Former and their "
+        "per-layer K/V projections give the nested keys and values. They were trained for IP-Adapter, "
+        "not for nested attention, so expect weaker identity than a nested adapter.",
+    )
 
 
-def attention_maps() -> dict:
-    layout = Layout("a photo of a person playing the violin on a stage, spotlight", steps=25)
-    faces = layout.adapter(FACES)
-    photo = layout.w.add("LoadImage", (20, layout.row), title="Person: reference photo", image="person.png")
+def attention_maps(
+    base: Base = SDXL_BASE,
+    adapter: str = FACES,
+    photo_name: str = "person.png",
+    word: str = "person",
+    text: str = "a photo of a person playing the violin on a stage, spotlight",
+) -> dict:
+    layout = Layout(text, steps=25 if base is SDXL_BASE else None, base=base)
+    faces = layout.adapter(adapter)
+    photo = layout.w.add("LoadImage", (20, layout.row), title="Reference photo", image=photo_name)
     subject = layout.w.add("EncodeSubjectQFormer", (380, layout.row), title="Encode Person", combine="average")
     layout.w.connect(faces, 0, subject, "adapter")
     layout.w.connect(layout.vision, 0, subject, "clip_vision")
     layout.w.connect(photo, 0, subject, "image")
     layout.row += 360
-    layout.apply(faces, subject, "person", "Bind the person")
+    layout.apply(faces, subject, word, f"Bind the {word}")
     recorder = layout.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
     layout.w.connect(layout.model, layout.model_slot, recorder, "model")
     layout.model, layout.model_slot = recorder, 0
-    workflow = layout.finish("nested_attention_maps", "ATTENTION MAPS. Record Nested Attention (after the Apply nodes) "
-                             "makes the sampler record what the subject does; Nested Attention Maps turns it into "
-                             "images: where the word acts, which region of the reference photo a point draws from "
-                             "(click the generated image in the node to move the point), and the per-position values "
-                             "v*_q beside the word's single plain value.")
+    workflow = layout.finish(
+        "nested_attention_maps",
+        "ATTENTION MAPS. Record Nested Attention (after the Apply nodes) "
+        "makes the sampler record what the subject does; Nested Attention Maps turns it into "
+        "images: where the word acts, which region of the reference photo a point draws from "
+        "(click the generated image in the node to move the point), and the per-position values "
+        "v*_q beside the word's single plain value.",
+    )
     w = layout.w
     decode = next(n for n in w.nodes if n["type"] == "VAEDecode")
-    maps = w.add("NestedAttentionMaps", (decode["pos"][0], 420), point_x=0.5, point_y=0.35, parts="all",
-                 first_step=0.0, last_step=1.0)
+    maps = w.add(
+        "NestedAttentionMaps",
+        (decode["pos"][0], 420),
+        point_x=0.5,
+        point_y=0.35,
+        parts="all",
+        first_step=0.0,
+        last_step=1.0,
+    )
     w.connect(recorder, 1, maps, "recording")
     w.connect(decode, 0, maps, "images")
     w.connect(photo, 0, maps, "reference")
@@ -177,6 +300,45 @@ def attention_maps() -> dict:
     workflow.update(w.to_json())
     return workflow
 
+
+def toy_one_subject() -> dict:
+    layout = Layout("a creature at the top left, blue background", base=TOY_BASE)
+    adapter = layout.adapter(TOY_ADAPTER)
+    subject = layout.subject(adapter, "creature_a.png", "Creature")
+    layout.apply(adapter, subject, "creature", "Bind the creature")
+    return layout.finish(
+        "toy_one_subject",
+        "ONE SUBJECT in the toy world: the held-out creature of the photo, drawn where and on what the prompt says.",
+    )
+
+
+def toy_two_subjects() -> dict:
+    layout = Layout("a creature on the left and a creature on the right, yellow background", base=TOY_BASE)
+    adapter = layout.adapter(TOY_ADAPTER)
+    first = layout.subject(adapter, "creature_a.png", "First creature")
+    second = layout.subject(adapter, "creature_b.png", "Second creature")
+    left, right = layout.half_mask("left", 64, 64), layout.half_mask("right", 64, 64)
+    layout.apply(adapter, first, "creature", "Bind the 1st 'creature' (left)", occurrence=1, mask=(left, 0))
+    layout.apply(adapter, second, "creature", "Bind the 2nd 'creature' (right)", occurrence=2, mask=(right, 0))
+    return layout.finish(
+        "toy_two_subjects",
+        "TWO SUBJECTS in the toy world, both bound to the word 'creature' (occurrence 1 and 2), each with a "
+        "region mask: the toy text encoder does not tell the two words apart by place (see the README's "
+        "toy-world section), so without masks the creatures mix.",
+    )
+
+
+def toy_maps() -> dict:
+    return attention_maps(
+        TOY_BASE, TOY_ADAPTER, "creature_a.png", "creature", "a creature in the center, green background"
+    )
+
+
+TOY_WORKFLOWS = {
+    "toy_one_subject.json": toy_one_subject,
+    "toy_two_subjects.json": toy_two_subjects,
+    "toy_attention_maps.json": toy_maps,
+}
 
 WORKFLOWS = {
     "one_subject_sdxl.json": one_subject,
@@ -197,11 +359,17 @@ def main() -> int:
 
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     load_pack()
-    folder = PACK_ROOT / "workflows"
-    folder.mkdir(exist_ok=True)
-    for name, build in WORKFLOWS.items():
-        (folder / name).write_text(json.dumps(build(), indent=1) + "\n")
-        print(f"wrote workflows/{name}")
+    from .dev_nodes import register
+
+    register()
+    for folder, workflows in (
+        (PACK_ROOT / "workflows", WORKFLOWS),
+        (PACK_ROOT / "toy_world" / "workflows", TOY_WORKFLOWS),
+    ):
+        folder.mkdir(exist_ok=True)
+        for name, build in workflows.items():
+            (folder / name).write_text(json.dumps(build(), indent=1) + "\n")
+            print(f"wrote {folder.relative_to(PACK_ROOT)}/{name}")
     return 0
 
 

@@ -1,0 +1,105 @@
+"""python -m toy_world run  -- regenerate the world, train every model, evaluate, write the report.
+
+Everything is seeded and runs on the CPU (about 35 minutes on 2 cores). Trained weights go to
+toy_world/weights/, the tables and figures to toy_world/results/. ``--quick`` is a minutes-long
+smoke run of the same pipeline (numbers meaningless) used by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nested_dev.comfy_env import load_pack, prepare_comfyui
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("toy_world")
+
+FULL = dict(
+    vae_steps=100,
+    pool=5000,
+    unet_steps=2000,
+    reader_steps=800,
+    adapter_steps=600,
+    adapter_batch=16,
+    photos_per_identity=6,
+    eval_prompts=2,
+    eval_identities=40,
+    sweep_identities=20,
+    pairs=20,
+)
+QUICK = dict(
+    vae_steps=3,
+    pool=64,
+    unet_steps=3,
+    reader_steps=3,
+    adapter_steps=2,
+    adapter_batch=4,
+    photos_per_identity=2,
+    eval_prompts=1,
+    eval_identities=2,
+    sweep_identities=1,
+    pairs=1,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m toy_world", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "command",
+        choices=["run", "report", "diagnose"],
+        help=(
+            "run: everything; report: redraw results.md and the curve from results.json; "
+            "diagnose: toy_world/diagnose.py's measurements on the committed models"
+        ),
+    )
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (meaningless numbers)")
+    parser.add_argument("--weights", default=str(HERE / "weights"))
+    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    prepare_comfyui(cpu=True)
+    pack = load_pack()
+    logging.getLogger(pack.__name__).setLevel(logging.WARNING)  # the nodes' per-image info lines
+    from .pipeline import run_pipeline, write_report
+
+    if args.command == "report":
+        write_report(json.loads((Path(args.results) / "results.json").read_text()), Path(args.results))
+        log.info("wrote %s", Path(args.results) / "results.md")
+        return 0
+    if args.command == "diagnose":
+        from .diagnose import diagnose
+        from .evaluate import Toolkit, load_adapters
+        from .models import load_toy
+        from .pipeline import load_reader
+        from .world import split_identities
+
+        weights = Path(args.weights)
+        kit = Toolkit(
+            *load_toy(weights),
+            load_reader(weights),
+            load_adapters({"nested": weights / "adapter_nested.safetensors"}),
+        )
+        diagnose(kit, *split_identities(args.seed), Path(args.results), log.info)
+        log.info("wrote %s", Path(args.results) / "diagnostics.md")
+        return 0
+
+    settings = QUICK if args.quick else FULL
+    started = time.time()
+    report = run_pipeline(settings, Path(args.weights), Path(args.results), args.seed, log.info)
+    report["minutes"] = round((time.time() - started) / 60, 1)
+    (Path(args.results) / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    log.info("done in %.1f minutes: %s", report["minutes"], Path(args.results) / "results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
