@@ -142,7 +142,7 @@ def nested_attention(
     valid = torch.cat([select(s.positions.valid) for s in subjects], dim=1)  # [R, Pt]
 
     acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    weights = _weights_at(qh, kh, index, valid).to(acc)  # a_p: [R, H, Lq, Pt]
+    weights = weights_at(qh, kh, index, valid).to(acc)  # a_p: [R, H, Lq, Pt]
     v_at = split_heads(_gather_positions(select(v), index), heads).to(acc)  # V_p: [R, H, Pt, D]
 
     correction = torch.zeros(qh.shape, dtype=acc, device=q.device)
@@ -175,7 +175,7 @@ def _union_rows(subjects: Sequence[NestedSubject], batch: int) -> tuple[tuple[in
     return rows, torch.tensor(rows, dtype=torch.long, device=first.index.device)
 
 
-def _weights_at(qh: Tensor, kh: Tensor, index: Tensor, valid: Tensor) -> Tensor:
+def weights_at(qh: Tensor, kh: Tensor, index: Tensor, valid: Tensor) -> Tensor:
     """Outer attention weights a_p = softmax(q Kᵀ/√D)[p] at the given context positions.
 
     The values of a fused attention call are one-hot columns at the positions, so the softmax over

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import merge_heads, split_heads
+from .attention import merge_heads, split_heads, weights_at
 
 
 def subject_attention(q: Tensor, k: Tensor, heads: int, index: Tensor, valid: Tensor) -> Tensor:
@@ -28,14 +28,8 @@ def subject_attention(q: Tensor, k: Tensor, heads: int, index: Tensor, valid: Te
 
     ``index`` / ``valid`` [B, P] are the positions of s* per row, as in TokenPositions.
     """
-    logits = (
-        split_heads(q, heads).float()
-        @ split_heads(k, heads).float().transpose(-1, -2)
-        / math.sqrt(q.shape[-1] // heads)
-    )
-    weights = torch.softmax(logits, dim=-1)  # [B, H, Lq, Lctx]
-    picked = torch.gather(weights, 3, index[:, None, None, :].expand(-1, heads, weights.shape[2], -1))
-    return (picked * valid[:, None, None, :]).sum(-1)
+    qh, kh = split_heads(q, heads).float(), split_heads(k, heads).float()
+    return weights_at(qh, kh, index, valid).sum(-1)  # the same fused form nested_attention uses
 
 
 def nested_token_weights(q: Tensor, keys: Tensor, heads: int) -> Tensor:
@@ -80,12 +74,14 @@ def source_heatmap(token_weights: Tensor, patch_maps: Tensor) -> Tensor:
     return torch.einsum("n,nij->ij", token_weights.float(), patch_maps.float())
 
 
-def pool_to_grid(per_position: Tensor, height: int, width: int, size: int) -> Tensor:
-    """[..., h*w] values on a feature map -> [..., s, s'] averaged onto at most size x size cells."""
+def pool_to_grid(per_position: Tensor, height: int, width: int, cells: tuple[int, int]) -> Tensor:
+    """[..., h*w] values on a feature map -> [..., gh, gw] cells: averaged where the map is finer
+    than the cells, repeated (nearest) where it is coarser, so every layer lands on the same cells."""
     lead = per_position.shape[:-1]
     grid = per_position.reshape(-1, 1, height, width).float()
-    cells = (min(size, height), min(size, width))
-    pooled = F.adaptive_avg_pool2d(grid, cells)
+    pooled = F.adaptive_avg_pool2d(grid, (min(cells[0], height), min(cells[1], width)))
+    if tuple(pooled.shape[-2:]) != tuple(cells):
+        pooled = F.interpolate(pooled, size=cells, mode="nearest")
     return pooled.reshape(*lead, *cells)
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..nested_core.attention import NestedSubject
@@ -53,6 +52,7 @@ class Recording:
         self.value_at = value_at
         self.steps = 0
         self.cells: Optional[tuple[int, int]] = None
+        self._sigmas: Optional[Tensor] = None
         self.traces: dict[int, SubjectTrace] = {}
         self.registry: tuple = ()
         self._lock = threading.Lock()
@@ -66,6 +66,7 @@ class Recording:
             self.traces.clear()
             self.steps = 0
             self.cells = None
+            self._sigmas = None
 
     def record(
         self,
@@ -96,7 +97,7 @@ class Recording:
 
         def per_image(t: Tensor) -> Tensor:
             """[R, C, Lq] on the layer grid -> [B, C, gh, gw]: pooled, and averaged over positive prompts."""
-            t = _resize(pool_to_grid(t, h, w, self.grid), cells)
+            t = pool_to_grid(t, h, w, cells)
             return t.reshape(len(positive), per_chunk, *t.shape[1:]).mean(0).cpu()
 
         with torch.no_grad():
@@ -122,9 +123,10 @@ class Recording:
                     trace.class_value = v.index_select(0, rows)[0, int(where[0][valid[0]][0])].float().cpu()
 
     def _step(self, sigma: float, schedule: Tensor) -> int:
-        sigmas = schedule.reshape(-1).float().cpu()
-        self.steps = max(self.steps, len(sigmas) - 1)
-        return int((sigmas[:-1] - sigma).abs().argmin())
+        if self._sigmas is None:  # once per run, not per layer call (a device -> CPU copy)
+            self._sigmas = schedule.reshape(-1).float().cpu()
+            self.steps = len(self._sigmas) - 1
+        return int((self._sigmas[:-1] - sigma).abs().argmin())
 
     def _cells(self, extra_options: dict[str, Any]) -> tuple[int, int]:
         if self.cells is None:
@@ -157,11 +159,3 @@ class Recording:
             return None
         return sum(trace.maps[k] for k in keys) / sum(trace.counts[k] for k in keys)
 
-
-def _resize(maps: Tensor, cells: tuple[int, int]) -> Tensor:
-    """[..., h, w] -> [..., gh, gw]: coarse layers are upsampled (nearest: each cell keeps its value)."""
-    if tuple(maps.shape[-2:]) == cells:
-        return maps
-    lead = maps.shape[:-2]
-    resized = F.interpolate(maps.reshape(-1, 1, *maps.shape[-2:]), size=cells, mode="nearest")
-    return resized.reshape(*lead, *cells)

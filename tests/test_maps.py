@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import torch
 from graph import Graph, run_prompt
+from reference_math import nested_attention_reference
 
 from nested_core.attention import TokenPositions
-from nested_core.maps import nested_token_weights, pca_rgb, qformer_patch_maps, source_heatmap, subject_attention
+from nested_core.maps import (
+    nested_token_weights,
+    pca_rgb,
+    per_query_values,
+    pool_to_grid,
+    qformer_patch_maps,
+    source_heatmap,
+    subject_attention,
+)
 from nested_dev.dev_nodes import CAPTURED
 
 
@@ -23,7 +32,26 @@ def test_subject_attention_and_token_weights_match_a_plain_softmax():
     torch.testing.assert_close(a[0], full[0, :, :, 2] + full[0, :, :, 5])
     assert torch.equal(a[1], torch.zeros_like(a[1]))
     weights = nested_token_weights(q, keys, 2)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 6))
+    nested = torch.softmax(q.view(2, 6, 2, 4).transpose(1, 2) @ keys.view(1, 3, 2, 4).permute(0, 2, 3, 1) / 2, -1)
+    torch.testing.assert_close(weights, nested.expand(2, -1, -1, -1))
+
+
+def test_per_query_values_are_eq_1():
+    # With the word as the only context token, Eq. 3 returns v*_q itself: the float64 reference.
+    gen = torch.Generator().manual_seed(2)
+    q, keys, values = (torch.randn(2, 5, 8, generator=gen) for _ in range(3))
+    word = torch.randn(2, 1, 8, generator=gen)
+    subject = {"keys": keys, "values": values, "positions": [[0], [0]]}
+    expected = nested_attention_reference(q, word, word, 2, [subject])
+    torch.testing.assert_close(per_query_values(q, keys, values, 2), expected.float())
+
+
+def test_pool_to_grid_keeps_the_aspect_ratio_of_wide_and_coarse_layers():
+    columns = torch.arange(8.0).repeat(6)  # a 6 x 8 feature map whose value is its column
+    pooled = pool_to_grid(columns, 6, 8, (3, 4))
+    assert torch.equal(pooled, torch.tensor([0.5, 2.5, 4.5, 6.5]).repeat(3, 1))
+    coarse = pool_to_grid(torch.arange(4.0), 2, 2, (4, 4))  # coarser than the cells: repeated
+    assert torch.equal(coarse, torch.tensor([[0.0, 0, 1, 1]] * 2 + [[2.0, 2, 3, 3]] * 2))
 
 
 def test_patch_maps_and_source_heatmap_are_distributions():
@@ -32,6 +60,10 @@ def test_patch_maps_and_source_heatmap_are_distributions():
     maps = qformer_patch_maps(layers, num_tokens=4)
     assert maps.shape == (3, 4, 4, 4)
     torch.testing.assert_close(maps.sum((-1, -2)), torch.ones(3, 4))
+    # Mass on the class token and on the latents is dropped; patch p lands at (p // 4, p % 4).
+    one_hot = torch.zeros(1, 1, 4, 21)
+    one_hot[..., 0], one_hot[..., 1 + 6], one_hot[..., 17:] = 0.5, 0.25, 0.0625
+    assert torch.equal(qformer_patch_maps([one_hot], 4)[0, :, 1, 2], torch.ones(4))
     heat = source_heatmap(torch.tensor([0.5, 0.25, 0.25, 0.0]), maps[0])
     torch.testing.assert_close(heat.sum(), torch.tensor(1.0))
     colours = pca_rgb(torch.randn(50, 12, generator=gen))
