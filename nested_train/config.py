@@ -54,6 +54,15 @@ class TrainConfig:
     sample_steps: int = 20
     progress: bool = True
 
+    def changes_against(self, saved: dict[str, Any]) -> list[str]:
+        """Settings that differ from a checkpoint's and would make a resumed run differ from an
+        uninterrupted one (the length, logging, previews and devices may change)."""
+        return [
+            f"{name}: {saved[name]!r} -> {getattr(self, name)!r}"
+            for name in sorted(set(saved) - FREE_ON_RESUME)
+            if hasattr(self, name) and saved[name] != getattr(self, name)
+        ]
+
     def validate(self, world_size: int = 1) -> None:
         problems = []
         if not self.data:
@@ -71,11 +80,33 @@ class TrainConfig:
             )
         if "{word}" not in self.caption_template:
             problems.append("caption_template must contain {word}")
+        for name in ("accumulate", "log_every", "batch_size", "steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device is '{self.device}'; expected auto, cpu or cuda (torchrun picks the GPU)")
         for name in ("drop_text", "drop_subject", "same_image_reference"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
         if problems:
             raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
+
+
+#: Settings a resumed run may change without changing the trained parameters.
+FREE_ON_RESUME = {
+    "output",
+    "steps",
+    "init_adapter",
+    "cache_latents",
+    "gradient_checkpointing",
+    "device",
+    "save_every",
+    "log_every",
+    "sample_every",
+    "sample_prompts",
+    "sample_steps",
+    "progress",
+}
 
 
 def load_config(argv: Optional[list[str]] = None) -> tuple[TrainConfig, bool]:

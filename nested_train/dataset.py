@@ -70,7 +70,7 @@ class SubjectDataset:
         source: str,
         class_word: str,
         is_one_token: Callable[[str], Optional[str]],
-        mentions_word: Callable[[str], bool],
+        caption_problem: Callable[[str], Optional[str]],
         min_size: int,
     ) -> "SubjectDataset":
         """Read the layout, check every file, and raise DatasetError listing all problems."""
@@ -84,7 +84,7 @@ class SubjectDataset:
         entries = _manifest(root, problems) if root.is_file() else _folders(root, problems)
         subjects = []
         for name, photos in sorted(entries.items()):
-            usable = [p for p in photos if _check_photo(p, min_size, class_word, mentions_word, problems)]
+            usable = [p for p in photos if _check_photo(p, min_size, caption_problem, problems)]
             if not usable:
                 problems.append(f"subject '{name}' has no usable image")
             else:
@@ -197,7 +197,7 @@ def _manifest(path: Path, problems: list[str]) -> dict[str, list[Photo]]:
 
 
 def _check_photo(
-    photo: Photo, min_size: int, word: str, mentions_word: Callable[[str], bool], problems: list[str]
+    photo: Photo, min_size: int, caption_problem: Callable[[str], Optional[str]], problems: list[str]
 ) -> bool:
     size = _image_size(photo.path, problems)
     if size is None:
@@ -213,8 +213,9 @@ def _check_photo(
         elif mask_size != size:
             problems.append(f"{photo.mask}: mask is {mask_size[0]}x{mask_size[1]} but its image is {size[0]}x{size[1]}")
             ok = False
-    if photo.caption is not None and not mentions_word(photo.caption):
-        problems.append(f"{photo.path}: its caption does not contain the class word '{word}': {photo.caption!r}")
+    problem = caption_problem(photo.caption) if photo.caption is not None else None
+    if problem:
+        problems.append(f"{photo.path}: its caption {problem}: {photo.caption!r}")
         ok = False
     return ok
 

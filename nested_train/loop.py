@@ -24,9 +24,10 @@ from . import runtime
 from .config import TrainConfig
 from .dataset import Example, SubjectDataset
 from .models import TrainableAdapter, create_adapter, gradient_checkpointing, load_frozen, vision_width
-from .objective import TrainingStep, diffusion_loss, encode_captions, noise_and_sigma, patches
+from .objective import TrainingStep, diffusion_loss, encode_caption, noise_and_sigma, patches
 
 log = logging.getLogger("nested_train")
+CONTEXT_TOKENS = 77  # one CLIP chunk: start, 75 tokens, end
 CHECKPOINTS = "checkpoints"
 
 
@@ -51,13 +52,16 @@ class Trainer:
         tokens = pack.nodes.tokens
         word_id = None if _token_problem(config.class_word) else tokens.resolve_token(config.class_word)
 
-        def mentions_word(caption: str) -> bool:
-            if word_id is None:
-                return True  # the class word itself is reported instead
-            return bool(tokens.prompt_tokens(self.parts.clip.tokenize(caption), caption).occurrences(word_id))
+        def caption_problem(caption: str) -> Optional[str]:
+            ids = tokens.prompt_tokens(self.parts.clip.tokenize(caption), caption).ids
+            if len(ids) > CONTEXT_TOKENS:  # every caption of a batch must give a context of one length
+                return f"is longer than {CONTEXT_TOKENS - 2} tokens (the trainer encodes one 77-token chunk)"
+            if word_id is not None and word_id not in ids:  # (a bad class word is reported on its own)
+                return f"does not contain the class word '{config.class_word}'"
+            return None
 
         self.dataset = SubjectDataset.scan(
-            config.data, config.class_word, _token_problem, mentions_word, min_size=max(16, config.resolution // 4)
+            config.data, config.class_word, _token_problem, caption_problem, min_size=max(16, config.resolution // 4)
         )
         self.word_id = word_id
         self.adapter = create_adapter(config, self.parts, vision_width(self.parts.clip_vision)).to(self.device)
@@ -182,8 +186,7 @@ class Trainer:
     def _captions(self, captions: list[str]) -> tuple[Tensor, Tensor, list[list[int]]]:
         """Frozen text encodings, computed once per distinct caption."""
         for caption in set(captions) - set(self._text_cache):
-            context, pooled, found = encode_captions(self.parts.clip, [caption], self.word_id)
-            self._text_cache[caption] = (context, pooled, found[0])
+            self._text_cache[caption] = encode_caption(self.parts.clip, caption, self.word_id)
         entries = [self._text_cache[c] for c in captions]
         return torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), [list(e[2]) for e in entries]
 
@@ -283,9 +286,17 @@ class Trainer:
             log.info("no checkpoint in %s: starting from step 0", self.output / CHECKPOINTS)
             return
         folder = folders[-1]
+        state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
+        changed = self.config.changes_against(state.get("config", {}))
+        if changed:
+            raise ValueError(
+                f"--resume from {folder}: these settings differ from the checkpoint's, so the run would not "
+                "continue the same training:\n  - "
+                + "\n  - ".join(changed)
+                + "\nRestore them, or train into a new output folder."
+            )
         checkpoint = runtime.pack().nested_core.checkpoint.load_adapter_checkpoint(folder / "adapter.safetensors")
         self.adapter.load_state_dict({k: v.to(self.device) for k, v in checkpoint.state_dict.items()}, strict=True)
-        state = torch.load(folder / "state.pt", map_location=self.device, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])

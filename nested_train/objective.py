@@ -43,22 +43,12 @@ def patches(sites, patch_class=None) -> dict:
     return {tuple(key): patch_class(key) for key in sites}
 
 
-def encode_captions(clip, captions: Sequence[str], word_id: int) -> tuple[Tensor, Tensor, list[list[int]]]:
-    """Frozen text encoding: context [B, L, C], pooled [B, C'], and the class word's positions."""
-    tokens_module = pack().nodes.tokens
-    contexts, pooled, positions = [], [], []
+def encode_caption(clip, caption: str, word_id: int) -> tuple[Tensor, Tensor, list[int]]:
+    """Frozen text encoding of one caption: context [1, L, C], pooled [1, C'], the class word's positions."""
+    tokens = clip.tokenize(caption)
     with torch.no_grad():
-        for caption in captions:
-            tokens = clip.tokenize(caption)
-            ids = tokens_module.prompt_tokens(tokens, caption)
-            context, pool = clip.encode_from_tokens(tokens, return_pooled=True)
-            contexts.append(context.float())
-            pooled.append(pool.float())
-            positions.append(ids.occurrences(word_id))
-    lengths = {c.shape[1] for c in contexts}
-    if len(lengths) > 1:
-        raise ValueError(f"captions of different lengths {sorted(lengths)}: keep captions under 75 tokens")
-    return torch.cat(contexts), torch.cat(pooled), positions
+        context, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    return context.float(), pooled.float(), pack().nodes.tokens.prompt_tokens(tokens, caption).occurrences(word_id)
 
 
 def diffusion_loss(model_sampling, x0_pred: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:

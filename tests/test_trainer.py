@@ -95,6 +95,19 @@ def test_resuming_gives_exactly_the_uninterrupted_run(pack, tmp_path):
     for key in states_a:
         for field in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(states_a[key][field], states_b[key][field]), (key, field)
+    with pytest.raises(ValueError, match=r"(?s)differ from the checkpoint's.*lr: 0.003 -> 0.001.*seed: 0 -> 1"):
+        Trainer(config(tmp_path / "b", steps=9, lr=1e-3, seed=1), resume=True)
+
+
+def test_accumulating_micro_batches_trains_the_same_adapter(pack, tmp_path):
+    from nested_train.loop import Trainer
+
+    whole = Trainer(config(tmp_path / "a", steps=2, batch_size=4))
+    whole.train()
+    halves = Trainer(config(tmp_path / "b", steps=2, batch_size=4, accumulate=2))
+    halves.train()
+    for (name, a), (_, b) in zip(whole.adapter.state_dict().items(), halves.adapter.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_two_process_ddp_matches_one_process(pack, tmp_path):
@@ -196,6 +209,7 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
     Image.new("RGB", (8, 8)).save(data / "subject_1" / "tiny.png")
     Image.new("L", (10, 10)).save(data / "subject_1" / "0.mask.png")
     (data / "subject_1" / "1.txt").write_text("a photo of a cat")
+    (data / "subject_2" / "1.txt").write_text("a photo of a dog " + "in a very long garden " * 15)
     empty = data / "subject_3"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
@@ -208,6 +222,7 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
         "subject_1/tiny.png: 8x8 pixels",
         "0.mask.png: mask is 10x10 but its image is 64x64",
         "1.png: its caption does not contain the class word 'dog'",
+        "subject_2/1.png: its caption is longer than 75 tokens",
         "subject 'subject_3' has no usable image",
     ):
         assert expected in text, expected
