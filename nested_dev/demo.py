@@ -46,7 +46,7 @@ class Collector(logging.Handler):
 
 def stand_in_photos(folder: Path, names: list[str]) -> None:
     """Simple drawn reference "photos" for the random-weight run (no real images are shipped)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     palette = [((230, 190, 160), (60, 40, 30)), ((200, 150, 90), (90, 60, 30)), ((120, 160, 220), (20, 20, 60))]
@@ -62,61 +62,31 @@ def stand_in_photos(folder: Path, names: list[str]) -> None:
         image.save(folder / name)
 
 
-def tiny_prompt(prompt: dict, base: Path, steps: int) -> tuple[dict, list[str]]:
-    """The workflow on stand-ins: loaders replaced by dev nodes, files created, sizes reduced."""
-    from . import dev_nodes
-    from .tiny_adapters import write_tiny_adapter
-
-    dev_nodes.register()
-    adapters, photos = set(), set()
-    out = {}
-    for node_id, node in prompt.items():
-        inputs = dict(node["inputs"])
-        kind = node["class_type"]
-        if kind == "CheckpointLoaderSimple":
-            kind, inputs = "NestedDevTinyCheckpoint", {"kind": "sdxl", "seed": 0}
-        elif kind == "CLIPVisionLoader":
-            kind, inputs = "NestedDevTinyCLIPVision", {"seed": 0}
-        elif kind == "LoadNestedAdapter":
-            adapters.add(inputs["adapter_name"])
-        elif kind == "LoadImage":
-            photos.add(inputs["image"])
-        elif kind == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        elif kind == "KSampler":
-            inputs.update(steps=steps)
-        out[node_id] = {**node, "class_type": kind, "inputs": inputs}
-    for seed, name in enumerate(sorted(adapters), start=1):
-        word = "dog" if "pet" in name else "person"
-        write_tiny_adapter(base / "models" / "nested_adapters" / name, "sdxl", seed=seed, class_word=word)
-    stand_in_photos(base / "input", sorted(photos))
-    return out, [f"adapter {a}: random-weight stand-in" for a in sorted(adapters)] + [
-        f"photo {p}: drawn stand-in" for p in sorted(photos)
-    ]
-
-
-def stand_in_ui(workflow: dict, base: Path, steps: int) -> dict:
-    """The same stand-ins for a UI-format workflow (for the browser): loaders swapped, files created."""
+def stand_in_ui(workflow: dict, base: Path, steps: int) -> tuple[dict, list[str]]:
+    """The workflow (UI format) on stand-ins: loaders swapped for dev nodes, adapter files and
+    photos created, sizes reduced; and a note per stand-in."""
     from .tiny_adapters import write_tiny_adapter
 
     out = json.loads(json.dumps(workflow))
+    adapters = sorted({n["widgets_values"][0] for n in out["nodes"] if n["type"] == "LoadNestedAdapter"})
+    photos = sorted({n["widgets_values"][0] for n in out["nodes"] if n["type"] == "LoadImage"})
     for node in out["nodes"]:
         kind, values = node["type"], node.get("widgets_values", [])
         if kind == "CheckpointLoaderSimple":
             node["type"], node["widgets_values"] = "NestedDevTinyCheckpoint", ["sdxl", 0]
         elif kind == "CLIPVisionLoader":
             node["type"], node["widgets_values"] = "NestedDevTinyCLIPVision", [0]
-        elif kind == "LoadNestedAdapter":
-            word = "dog" if "pet" in values[0] else "person"
-            write_tiny_adapter(base / "models" / "nested_adapters" / values[0], "sdxl", seed=1, class_word=word)
-        elif kind == "LoadImage":
-            stand_in_photos(base / "input", [values[0]])
         elif kind == "EmptyLatentImage":
             values[0:2] = [64, 64]
         elif kind == "KSampler":
             values[2] = steps
         node["properties"] = {"Node name for S&R": node["type"]} if node["type"] != "Note" else node["properties"]
-    return out
+    for seed, name in enumerate(adapters, start=1):
+        word = "dog" if "pet" in name else "person"
+        write_tiny_adapter(base / "models" / "nested_adapters" / name, "sdxl", seed=seed, class_word=word)
+    stand_in_photos(base / "input", photos)
+    notes = [f"adapter {a}: random-weight stand-in" for a in adapters] + [f"photo {p}: drawn stand-in" for p in photos]
+    return out, notes
 
 
 def missing_real_files(prompt: dict) -> list[str]:
@@ -162,14 +132,16 @@ def toy_setup(base: Path) -> list[str]:
     return notes
 
 
-def plan(args: argparse.Namespace, root: Path, output: Path) -> tuple[str, list[tuple[Path, Callable]], list[str]]:
+def plan(
+    args: argparse.Namespace, real: bool, root: Path, output: Path
+) -> tuple[str, list[tuple[Path, Callable]], list[str]]:
     """(mode, [(workflow file, prompt transform)], notes) for real models, the toy world or stand-ins."""
     from toy_world.models import WEIGHTS
 
     from .make_workflows import DEMO_WORKFLOW, TOY_WORKFLOWS
 
     user_workflow = PACK_ROOT / "workflows" / DEMO_WORKFLOW
-    if bool(os.environ.get("COMFYUI_PATH")) and not args.stand_ins:
+    if real:
         return f"real models from {root}", [(user_workflow, lambda p: p)], []
     base = output / "comfy_base"
     if (WEIGHTS / "adapter_nested.safetensors").is_file() and not args.random:
@@ -185,10 +157,10 @@ def plan(args: argparse.Namespace, root: Path, output: Path) -> tuple[str, list[
         )
     collected: list[str] = []
 
-    def stand_ins(prompt: dict) -> dict:
-        prompt, notes = tiny_prompt(prompt, base, args.steps)
+    def stand_ins(workflow: dict) -> dict:
+        workflow, notes = stand_in_ui(workflow, base, args.steps)
         collected.extend(notes)
-        return prompt
+        return workflow
 
     return (
         "RANDOM-WEIGHT STAND-INS (tiny SDXL-shaped UNet, text encoders, CLIP vision and adapters built by the demo)",
@@ -226,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     load_pack()
     dev_nodes.register()
-    mode, runs, notes = plan(args, root, output)
+    mode, runs, notes = plan(args, real, root, output)
     log.info("demo mode: %s", mode)
     steps: list[float] = []
     comfy.utils.set_progress_bar_global_hook(
@@ -234,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report = {"mode": mode, "stand_ins": notes, "workflows": []}
     for workflow, transform in runs:
-        prompt = transform(ui_to_api(json.loads(workflow.read_text())))
+        prompt = ui_to_api(transform(json.loads(workflow.read_text())))
         if real and (missing := missing_real_files(prompt)):
             log.error(
                 "COMFYUI_PATH=%s lacks: %s. Add them (see README) or run with --stand-ins.", root, ", ".join(missing)
@@ -243,7 +215,6 @@ def run(args: argparse.Namespace) -> int:
         collector.lines.clear()
         steps.clear()
         report["workflows"].append(execute(prompt, workflow, output, collector, steps))
-    report["stand_ins"] = notes
     report["success"] = all(w["success"] for w in report["workflows"])
     (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (output / "report.md").write_text(markdown(report))

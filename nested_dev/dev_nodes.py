@@ -76,7 +76,7 @@ class NestedDevToyCheckpoint(io.ComfyNode):
     def execute(cls) -> io.NodeOutput:
         from toy_world.models import load_toy
 
-        model, clip, vae, _ = load_toy()
+        model, clip, vae = load_toy()
         return io.NodeOutput(model, clip, vae)
 
 

@@ -85,6 +85,7 @@ class Layout:
         self.steps, self.cfg = steps or base.steps, cfg or base.cfg
         self.model, self.model_slot = self.checkpoint, 0
         self.row = 380
+        self.photos: list[dict] = []  # the Load Image node of each subject, in order
 
     def adapter(self, name: str, column: int = 380, row: int = 60) -> dict:
         return self.w.add("LoadNestedAdapter", (column, row), adapter_name=name)
@@ -95,6 +96,7 @@ class Layout:
         self.w.connect(adapter, 0, encode, "adapter")
         self.w.connect(self.vision, 0, encode, "clip_vision")
         self.w.connect(image, 0, encode, "image")
+        self.photos.append(image)
         if mask_from_alpha:
             self.w.connect(image, 1, encode, "mask")
         self.row += 360
@@ -262,12 +264,8 @@ def attention_maps(
 ) -> dict:
     layout = Layout(text, steps=25 if base is SDXL_BASE else None, base=base)
     faces = layout.adapter(adapter)
-    photo = layout.w.add("LoadImage", (20, layout.row), title="Reference photo", image=photo_name)
-    subject = layout.w.add("EncodeSubjectQFormer", (380, layout.row), title="Encode Person", combine="average")
-    layout.w.connect(faces, 0, subject, "adapter")
-    layout.w.connect(layout.vision, 0, subject, "clip_vision")
-    layout.w.connect(photo, 0, subject, "image")
-    layout.row += 360
+    subject = layout.subject(faces, photo_name, word.capitalize())
+    photo = layout.photos[-1]
     layout.apply(faces, subject, word, f"Bind the {word}")
     recorder = layout.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
     layout.w.connect(layout.model, layout.model_slot, recorder, "model")

@@ -45,7 +45,7 @@ def load_frozen(config: TrainConfig) -> FrozenParts:
 
         from toy_world.models import load_toy
 
-        model, clip, vae, _ = load_toy(Path(config.base.split(":", 1)[1]))
+        model, clip, vae = load_toy(Path(config.base.split(":", 1)[1]))
     else:
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(config.base, output_vae=True, output_clip=True)
         if clip is None or vae is None:

@@ -32,7 +32,7 @@ def test_maps_view_highlights_and_warning_in_chromium(pack, tmp_path):
     from nested_dev.demo import stand_in_ui
 
     server = Server(tmp_path, dev_nodes=True)
-    workflow = stand_in_ui(
+    workflow, _ = stand_in_ui(
         json.loads((PACK_ROOT / "workflows" / "attention_maps.json").read_text()), server.base, steps=3
     )
     workflow_path = tmp_path / "workflow.json"

@@ -11,23 +11,18 @@ COMMITTED = (WEIGHTS / "adapter_nested.safetensors").is_file()
 
 def test_the_pipeline_runs_end_to_end_on_a_tiny_budget(pack, tmp_path):
     from toy_world.__main__ import QUICK
+    from toy_world.diagnose import diagnose
+    from toy_world.evaluate import load_kit
     from toy_world.pipeline import run_pipeline
+    from toy_world.world import split_identities
 
     report = run_pipeline(QUICK, tmp_path / "weights", tmp_path / "results", seed=0, log=lambda message: None)
     for name in ("vae", "unet", "reader", "adapter_nested", "adapter_decoupled", "adapter_single-token"):
         assert (tmp_path / "weights" / f"{name}.safetensors").is_file(), name
     for name in ("results.md", "single_subject.png", "two_subjects.png", "tradeoff.png"):
         assert (tmp_path / "results" / name).is_file(), name
-    from toy_world.diagnose import diagnose
-    from toy_world.evaluate import Toolkit, load_adapters
-    from toy_world.models import load_toy
-    from toy_world.pipeline import load_reader
-    from toy_world.world import split_identities
-
     weights = tmp_path / "weights"
-    kit = Toolkit(
-        *load_toy(weights), load_reader(weights), load_adapters({"nested": weights / "adapter_nested.safetensors"})
-    )
+    kit = load_kit(weights, {"nested": weights / "adapter_nested.safetensors"})
     found = diagnose(kit, *split_identities(), tmp_path / "results", log=lambda message: None, count=2)
     assert 0.0 < found["word_attention"]["creature_cells"] < 1.0
     assert (tmp_path / "results" / "diagnostics.md").is_file()
@@ -42,7 +37,7 @@ def test_committed_models_load_with_comfyuis_classes(pack):
 
     from toy_world.models import load_toy
 
-    model, clip, vae, vision = load_toy()
+    model, clip, vae = load_toy()
     assert isinstance(model.model.model_config, comfy.supported_models.SD15)
     assert isinstance(vae.first_stage_model, comfy.taesd.taesd.TAESD)
     checkpoint = pack.nested_core.checkpoint.load_adapter_checkpoint(WEIGHTS / "adapter_nested.safetensors")
@@ -51,20 +46,10 @@ def test_committed_models_load_with_comfyuis_classes(pack):
 
 @pytest.mark.skipif(not COMMITTED, reason="the toy world's trained models are not in toy_world/weights")
 def test_the_nested_adapter_raises_identity_on_held_out_creatures_and_keeps_the_background(pack):
-    from toy_world.evaluate import Toolkit, load_adapters, single_subject_scores
-    from toy_world.models import load_toy
-    from toy_world.pipeline import load_reader
+    from toy_world.evaluate import load_kit, single_subject_scores
     from toy_world.world import split_identities
 
-    model, clip, vae, vision = load_toy()
-    kit = Toolkit(
-        model,
-        clip,
-        vae,
-        vision,
-        load_reader(WEIGHTS),
-        load_adapters({"nested": WEIGHTS / "adapter_nested.safetensors"}),
-    )
+    kit = load_kit(WEIGHTS, {"nested": WEIGHTS / "adapter_nested.safetensors"})
     _, held_out = split_identities()
     # 40 held-out creatures, one scene each (about a minute). On the committed models this gives
     # identity 0.283 vs 0.167 and palette 0.500 vs 0.200 (seed 123); the margins below are under

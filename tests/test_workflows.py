@@ -51,9 +51,10 @@ def test_check_workflow_finds_broken_files(pack):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_runs_on_the_tiny_models(pack, comfy_base, name):
-    from nested_dev.demo import tiny_prompt
+    from nested_dev.demo import stand_in_ui
 
-    prompt, _ = tiny_prompt(ui_to_api(json.loads((FOLDER / name).read_text())), comfy_base, steps=2)
+    workflow, _ = stand_in_ui(json.loads((FOLDER / name).read_text()), comfy_base, steps=2)
+    prompt = ui_to_api(workflow)
     before = set((comfy_base / "output").glob("*.png"))
     run_prompt(prompt)
     assert set((comfy_base / "output").glob("*.png")) - before, "the workflow saved no image"

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from nested_dev.comfy_env import load_pack, prepare_comfyui
 
 HERE = Path(__file__).resolve().parent
@@ -65,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     prepare_comfyui(cpu=True)
     pack = load_pack()
     logging.getLogger(pack.__name__).setLevel(logging.WARNING)  # the nodes' per-image info lines
@@ -77,17 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "diagnose":
         from .diagnose import diagnose
-        from .evaluate import Toolkit, load_adapters
-        from .models import load_toy
-        from .pipeline import load_reader
+        from .evaluate import load_kit
         from .world import split_identities
 
-        weights = Path(args.weights)
-        kit = Toolkit(
-            *load_toy(weights),
-            load_reader(weights),
-            load_adapters({"nested": weights / "adapter_nested.safetensors"}),
-        )
+        kit = load_kit(Path(args.weights), {"nested": Path(args.weights) / "adapter_nested.safetensors"})
         diagnose(kit, *split_identities(args.seed), Path(args.results), log.info)
         log.info("wrote %s", Path(args.results) / "diagnostics.md")
         return 0

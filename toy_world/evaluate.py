@@ -25,7 +25,7 @@ import torch
 from nested_dev.comfy_env import load_pack
 
 from .baselines import with_variant
-from .reader import PAIR, SINGLE, WorldReader, read
+from .reader import PAIR, SINGLE, WorldReader, load_reader, read
 from .world import BACKGROUNDS, POSITIONS, WORD, Identity, Scene, subject_photo
 
 METHODS = ("none", "nested", "decoupled", "single-token")
@@ -41,6 +41,13 @@ class Toolkit:
     adapters: dict  # method -> LoadedAdapter
     steps: int = 20
     cfg: float = 3.0
+
+
+def load_kit(weights: Path, adapters: dict[str, Path]) -> Toolkit:
+    """The committed (or freshly trained) models in ``weights`` with the given adapter files."""
+    from .models import build_clip_vision, load_toy
+
+    return Toolkit(*load_toy(weights), build_clip_vision(), load_reader(weights), load_adapters(adapters))
 
 
 def load_adapters(paths: dict[str, Path]) -> dict:

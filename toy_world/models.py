@@ -142,9 +142,10 @@ def build_clip(seed: int = 1) -> comfy.sd.CLIP:
 
 def build_clip_vision(seed: int = 2) -> comfy.clip_vision.ClipVisionModel:
     """Frozen random image encoder: rebuilt identically from its seed."""
-    folder = Path(tempfile.mkdtemp(prefix="toy_clip_vision_"))
-    (folder / "config.json").write_text(json.dumps(VISION))
-    vision = comfy.clip_vision.ClipVisionModel(str(folder / "config.json"))
+    with tempfile.TemporaryDirectory(prefix="toy_clip_vision_") as folder:
+        config = Path(folder) / "config.json"
+        config.write_text(json.dumps(VISION))
+        vision = comfy.clip_vision.ClipVisionModel(str(config))
     init_weights_(vision.model, seed, scale=0.1)
     return vision
 
@@ -154,10 +155,10 @@ def build_vae(state: dict[str, torch.Tensor]) -> comfy.sd.VAE:
 
 
 def load_toy(folder: Path = WEIGHTS):
-    """(model, clip, vae, clip_vision) from committed weights."""
+    """(model, clip, vae) from committed weights; the image encoder is build_clip_vision()."""
     unet = load_file(folder / "unet.safetensors")
     vae = load_file(folder / "vae.safetensors")
-    return build_unet({k: v.float() for k, v in unet.items()}), build_clip(), build_vae(vae), build_clip_vision()
+    return build_unet({k: v.float() for k, v in unet.items()}), build_clip(), build_vae(vae)
 
 
 def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor], dtype=torch.float16) -> Path:

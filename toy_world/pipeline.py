@@ -16,9 +16,9 @@ from nested_dev.comfy_env import load_pack
 
 from . import figures
 from .baselines import patch_classes
-from .evaluate import METHODS, Toolkit, load_adapters, single_subject_scores, two_subject_scores
-from .models import load_toy, save_weights, vae_state
-from .reader import WorldReader, accuracy, train_reader
+from .evaluate import METHODS, load_kit, single_subject_scores, two_subject_scores
+from .models import build_vae, save_weights, vae_state
+from .reader import accuracy, train_reader
 from .train_base import latent_pool, train_unet, train_vae
 from .world import WORD, random_scene, render, split_identities
 
@@ -48,7 +48,7 @@ def run_pipeline(settings: dict, weights: Path, results: Path, seed: int, log: C
 
     taesd = train_vae(train_ids, settings["vae_steps"], seed=seed, log=log)
     save_weights(weights, "vae.safetensors", vae_state(taesd))
-    _, _, vae, _ = _reload_vae(weights)
+    vae = build_vae(load_file(weights / "vae.safetensors"))
     latents, captions = latent_pool(vae.first_stage_model, train_ids, settings["pool"], seed=seed + 1)
     unet = train_unet(latents, captions, settings["unet_steps"], seed=seed, log=log)
     save_weights(weights, "unet.safetensors", unet.model.diffusion_model.state_dict())
@@ -66,8 +66,7 @@ def run_pipeline(settings: dict, weights: Path, results: Path, seed: int, log: C
                 method, cls, data, weights, Path(scratch) / method, settings, seed, log
             )
 
-    model, clip, vae, vision = load_toy(weights)
-    kit = Toolkit(model, clip, vae, vision, load_reader(weights), load_adapters(adapter_paths))
+    kit = load_kit(weights, adapter_paths)
     identities = held_out[: settings["eval_identities"]]
     main = single_subject_scores(kit, identities, settings["eval_prompts"], seed + 7, log=log)
     sweep = single_subject_scores(
@@ -141,15 +140,3 @@ def train_adapter(
     target = weights / f"adapter_{method}.safetensors"
     save_native(target, trainer.adapter.config, trainer.adapter.state_dict(), dtype=torch.float16)
     return target
-
-
-def load_reader(weights: Path) -> WorldReader:
-    reader = WorldReader()
-    reader.load_state_dict({k: v.float() for k, v in load_file(weights / "reader.safetensors").items()})
-    return reader.eval()
-
-
-def _reload_vae(weights: Path):
-    from .models import build_clip, build_clip_vision, build_vae
-
-    return None, build_clip(), build_vae(load_file(weights / "vae.safetensors")), build_clip_vision()

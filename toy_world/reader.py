@@ -8,10 +8,12 @@ shape, pattern and palette of the left and of the right creature, and the backgr
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from .world import ALL_IDENTITIES, BACKGROUNDS, PALETTES, PATTERNS, POSITIONS, SHAPES, Scene, random_scene, render
@@ -132,3 +134,9 @@ def accuracy(reader: WorldReader, count: int = 512, seed: int = 99) -> dict[str,
         present = targets >= 0
         result[name] = float((logits[name][present].argmax(-1) == targets[present]).float().mean())
     return result
+
+
+def load_reader(weights: Path) -> WorldReader:
+    reader = WorldReader()
+    reader.load_state_dict({k: v.float() for k, v in load_file(weights / "reader.safetensors").items()})
+    return reader.eval()
