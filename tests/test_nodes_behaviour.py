@@ -192,12 +192,12 @@ def test_load_node_names_the_file_and_the_problem(pack, assets):
     (assets / "nested_adapters" / "broken.safetensors").unlink()
 
 
-def encode_graph(
-    kind: str, mask: bool = False, clip_vision_kind: str = "tiny", combine: str = "average", adapter: str = "person"
-):
+def encode_graph(kind: str, mask: bool = False, combine: str = "average", adapter: str = "person"):
     g = Graph()
     vision = g.add("NestedDevTinyCLIPVision", seed=0)
-    image = g.add("EmptyImage", width=40, height=32, batch_size=2, color=0x3366CC)
+    first = g.add("EmptyImage", width=40, height=32, batch_size=1, color=0x3366CC)
+    second = g.add("EmptyImage", width=40, height=32, batch_size=1, color=0xCC8833)
+    image = g.add("ImageBatch", image1=first[0], image2=second[0])  # two different photos, in order
     inputs = dict(
         adapter=g.add("LoadNestedAdapter", adapter_name=f"{kind}_{adapter}.safetensors")[0],
         clip_vision=vision[0],
@@ -216,6 +216,7 @@ def encode_graph(
 def test_encode_node_runs_the_q_former_on_clip_penultimate_features(pack, assets, combine):
     run_prompt(encode_graph("sd15", combine=combine).prompt)
     subject = CAPTURED["subject"]
+    assert not torch.equal(CAPTURED["image"][0], CAPTURED["image"][1])
     with torch.no_grad():
         features = CAPTURED["clip_vision"].encode_image(CAPTURED["image"].clone(), crop=True)[
             "penultimate_hidden_states"

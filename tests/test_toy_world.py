@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from toy_world.models import WEIGHTS
 
@@ -61,3 +62,37 @@ def test_the_nested_adapter_raises_identity_on_held_out_creatures_and_keeps_the_
     assert nested["identity"] > none["identity"] + 0.04, (none, nested)
     assert nested["palette"] > none["palette"] + 0.1, (none, nested)
     assert nested["background"] >= none["background"] - 0.1, (none, nested)
+
+
+def test_the_baselines_compute_their_formulas(pack):
+    """decoupled: out = plain + w·m·softmax(q K~ᵀ/√D) V~ on the rows with the word; single-token: the
+    word's value becomes V + w·m·(mean V~ − V). Both against float64 references."""
+    from reference_math import nested_attention_reference, plain_attention_reference
+
+    from toy_world.baselines import patch_classes
+
+    attention = pack.nested_core.attention
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (
+        torch.randn(2, 5, 8, generator=gen),
+        torch.randn(2, 4, 8, generator=gen),
+        torch.randn(2, 4, 8, generator=gen),
+    )
+    keys, values = torch.randn(1, 3, 8, generator=gen), torch.randn(1, 3, 8, generator=gen)
+    mask = torch.rand(1, 5, generator=gen)
+    subject = attention.NestedSubject(keys, values, attention.TokenPositions.from_lists([[1], []]), 0.7, mask)
+    plain = plain_attention_reference(q, k, v, 2)
+    layer = pack.nested_core.layers.LayerKey("input", 4, 0)
+    classes = patch_classes()
+
+    decoupled = classes["decoupled"](layer).combine(q, k, v, 2, [subject], plain.float())
+    v_star = nested_attention_reference(
+        q[:1], v[:1, :1], v[:1, :1], 2, [dict(keys=keys, values=values, positions=[[0]])]
+    )
+    expected = plain.clone()
+    expected[0] += 0.7 * mask[0, :, None].double() * v_star[0]
+    torch.testing.assert_close(decoupled.double(), expected, rtol=1e-5, atol=1e-5)
+
+    single = classes["single-token"](layer).combine(q, k, v, 2, [subject], plain.float())
+    pooled = dict(keys=torch.zeros_like(keys), values=values, positions=[[1], []], weight=0.7, mask=mask)
+    torch.testing.assert_close(single.double(), nested_attention_reference(q, k, v, 2, [pooled]), rtol=1e-5, atol=1e-5)

@@ -220,7 +220,7 @@ function drawSource(view, entry, x, y) {
     }
   }
   view.container.dataset.point = `${x.toFixed(3)},${y.toFixed(3)}`;
-  view.container.dataset.peak = String(peak);
+  view.container.dataset.heat = JSON.stringify(Array.from(heat)); // the map shown, unscaled (tests read it)
   view.container.dataset.photo = String(photo);
   view.caption.textContent = `${entry.subject}: point (${x.toFixed(2)}, ${y.toFixed(2)}) draws on these regions of the photo`;
 }

@@ -56,18 +56,22 @@ try {
   const canvas = await page.evaluateHandle(`${viewOf}.querySelector("canvas.nested-generated")`);
   const box = await canvas.asElement().boundingBox();
   if (!box || box.width === 0) throw new Error("the maps view is not visible");
-  await page.mouse.click(box.x + box.width * 0.25, box.y + box.height * 0.5);
-  await page.waitForFunction(`${viewOf}?.dataset.point?.startsWith("0.250")`, null, { timeout: 5000 });
+  // Two points: the source heat shown for each is a distribution over the photo's patches, and
+  // it moves with the point (a redraw that ignored the point, or an empty map, would fail).
+  const clickAt = async (fx, fy) => {
+    await page.mouse.click(box.x + box.width * fx, box.y + box.height * fy);
+    await page.waitForFunction(`${viewOf}?.dataset.point?.startsWith("${fx.toFixed(3)}")`, null, { timeout: 5000 });
+    const heat = JSON.parse(await page.evaluate(`${viewOf}.dataset.heat`));
+    const sum = heat.reduce((a, b) => a + b, 0);
+    if (Math.abs(sum - 1) > 1e-3 || Math.min(...heat) < 0) throw new Error(`source heat is not a distribution (sum ${sum})`);
+    return heat;
+  };
+  const other = await clickAt(0.75, 0.2);
+  const heat = await clickAt(0.25, 0.5);
+  const moved = Math.max(...heat.map((h, i) => Math.abs(h - other[i])));
+  if (!(moved > 1e-6)) throw new Error("the source heat did not change with the clicked point");
   const point = await page.evaluate(`${viewOf}.dataset.point`);
-  const peak = Number(await page.evaluate(`${viewOf}.dataset.peak`));
-  const overlay = await page.evaluate(`(() => {
-    const canvas = ${viewOf}.querySelector("canvas.nested-reference");
-    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
-    let coloured = 0;
-    for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && (data[i] !== data[i + 1] || data[i + 1] !== data[i + 2])) coloured++;
-    return coloured / (data.length / 4);
-  })()`);
-  if (!(peak > 0) || overlay < 0.5) throw new Error(`no source overlay drawn (peak ${peak}, coloured fraction ${overlay})`);
+  const peak = Math.max(...heat);
   const pointWidget = await page.evaluate(`${nodeOf("NestedAttentionMaps")}.widgets.find((w) => w.name === "point_x").value`);
   await page.screenshot({ path: screenshotPath.replace(/\.png$/, "_source.png") });
 
@@ -78,7 +82,7 @@ try {
   const warning = await page.evaluate(`${nodeOf("ApplyNestedAttention")}.nestedWarning`);
   await centre("ApplyNestedAttention");
   await page.screenshot({ path: screenshotPath });
-  console.log(JSON.stringify({ ok: true, point, peak, overlay, pointWidget, before, warning }));
+  console.log(JSON.stringify({ ok: true, point, peak, moved, pointWidget, before, warning }));
   await browser.close();
 } catch (error) {
   await page.screenshot({ path: screenshotPath }).catch(() => {});
