@@ -129,10 +129,11 @@ class SubjectDataset:
         )
 
     def _pixels(self, path: Path) -> np.ndarray:
+        """The photo as float32 in [0, 1]; decoded once and kept as uint8 (3 bytes a pixel)."""
         if path not in self._cache:
             with Image.open(path) as image:
-                self._cache[path] = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return self._cache[path]
+                self._cache[path] = np.asarray(image.convert("RGB"))
+        return self._cache[path].astype(np.float32) / 255.0
 
     def _reference(self, photo: Photo, rng: random.Random) -> Tensor:
         """A random crop (60-100% of the area, aspect 4:5 to 5:4), maybe mirrored, background filled."""
