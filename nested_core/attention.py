@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .heads import merge_heads, split_heads
+
 
 @dataclass(frozen=True)
 class TokenPositions:
@@ -84,18 +86,6 @@ class NestedSubject:
     positions: TokenPositions
     weight: float = 1.0
     query_mask: Optional[Tensor] = None  # [B or 1, Lq], where the subject may act
-
-
-def split_heads(x: Tensor, heads: int) -> Tensor:
-    """[B, L, H*D] -> [B, H, L, D]"""
-    b, length, width = x.shape
-    return x.view(b, length, heads, width // heads).transpose(1, 2)
-
-
-def merge_heads(x: Tensor) -> Tensor:
-    """[B, H, L, D] -> [B, L, H*D]"""
-    b, heads, length, dim = x.shape
-    return x.transpose(1, 2).reshape(b, length, heads * dim)
 
 
 def plain_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:

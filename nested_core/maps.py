@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import merge_heads, split_heads, weights_at
+from .attention import weights_at
+from .heads import merge_heads, split_heads
 
 
 def subject_attention(q: Tensor, k: Tensor, heads: int, index: Tensor, valid: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .heads import split_heads
+
 #: Layer classes used to build the modules. ComfyUI passes ``comfy.ops.manual_cast`` here so
 #: weights are cast to the input's dtype and device at call time.
 TORCH_OPS = SimpleNamespace(Linear=nn.Linear, LayerNorm=nn.LayerNorm)
@@ -77,15 +79,11 @@ class PerceiverAttention(nn.Module):
         latents = self.norm2(latents)
         q = self.to_q(latents)
         k, v = self.to_kv(torch.cat([features, latents], dim=1)).chunk(2, dim=-1)
-        q, k, v = (self._split(t) for t in (q, k, v))
+        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         attention = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
         out = (attention @ v).transpose(1, 2).flatten(2)
         return self.to_out(out), attention
-
-    def _split(self, x: Tensor) -> Tensor:
-        b, length, width = x.shape
-        return x.view(b, length, self.heads, width // self.heads).transpose(1, 2)
 
 
 class QFormer(nn.Module):

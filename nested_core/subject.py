@@ -13,6 +13,7 @@ from torch import Tensor
 from .checkpoint.reader import read_checkpoint
 from .checkpoint.schema import load_finite
 from .errors import AdapterFileError
+from .files import write_atomically
 
 FORMAT_NAME = "nested-subject"
 FORMAT_VERSION = 1
@@ -40,24 +41,18 @@ class SubjectTokens:
 
 def save_subject(path: "str | os.PathLike[str]", subject: SubjectTokens) -> None:
     """Write a subject file; it appears complete or not at all."""
-    path = os.fspath(path)
-    partial = path + ".partial"
     tensors = {"tokens": subject.tokens.detach().to("cpu", torch.float32).contiguous()}
     if subject.patch_maps is not None and subject.token_photo is not None:
         tensors["patch_maps"] = subject.patch_maps.detach().to("cpu", torch.float32).contiguous()
         tensors["token_photo"] = subject.token_photo.detach().to("cpu", torch.int64).contiguous()
-    save_file(
-        tensors,
-        partial,
-        metadata={
-            "format": FORMAT_NAME,
-            "format_version": str(FORMAT_VERSION),
-            "adapter_fingerprint": subject.adapter_fingerprint,
-            "num_images": str(subject.num_images),
-            "combine": subject.combine,
-        },
-    )
-    os.replace(partial, path)
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "adapter_fingerprint": subject.adapter_fingerprint,
+        "num_images": str(subject.num_images),
+        "combine": subject.combine,
+    }
+    write_atomically(path, lambda partial: save_file(tensors, partial, metadata=metadata))
 
 
 def load_subject(path: "str | os.PathLike[str]") -> SubjectTokens:
@@ -116,3 +111,13 @@ def _layout_ok(raw) -> bool:
 
 def _is_float(dtype) -> bool:
     return isinstance(dtype, torch.dtype) and dtype.is_floating_point
+
+
+def free_subject_path(folder: str, prefix: str) -> str:
+    """<folder>/<prefix>_00001.safetensors, the first number not taken."""
+    prefix = os.path.basename(prefix.strip()) or "subject"
+    os.makedirs(folder, exist_ok=True)
+    number = 1
+    while os.path.exists(path := os.path.join(folder, f"{prefix}_{number:05d}.safetensors")):
+        number += 1
+    return path

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
-from .comfy_env import PACK_ROOT, locate_comfyui
+from nested_attention.nested_train.comfy_runtime import PACK_ROOT, locate_comfyui
 
 DEV_SHIM = '''"""Dev-only stand-in loaders for tests (written by nested_dev/comfy_server.py)."""
 import sys
@@ -57,12 +57,8 @@ def base_directory(scratch: Path, dev_nodes: bool = False) -> Path:
 
 
 def environment(scratch: Path) -> dict[str, str]:
-    """The subprocess environment: offline, with a directory stand-in for torchvision."""
-    stub = scratch / "stub" / "torchvision"
-    stub.mkdir(parents=True, exist_ok=True)
-    (stub / "__init__.py").write_text("from . import transforms\n")
-    (stub / "transforms.py").write_text("")
-    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(stub.parent))
+    """The subprocess environment: offline (the venv's path gives it the torchvision stand-in)."""
+    return dict(os.environ, HF_HUB_OFFLINE="1")
 
 
 def command(base: Path, *extra: str) -> list[str]:

@@ -25,7 +25,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from toy_world import WEIGHTS
+from toy_world.world import split_identities, subject_photo
+
 from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui, use_folders
+from .make_workflows import DEMO_WORKFLOW, TOY_ADAPTER, TOY_WORKFLOWS
 from .workflows import ui_to_api
 
 log = logging.getLogger("nested_dev.demo")
@@ -114,11 +118,6 @@ def toy_setup(base: Path) -> list[str]:
     """Files the toy workflows name: the trained nested adapter and two held-out creatures' photos."""
     import random
 
-    from toy_world.models import WEIGHTS
-    from toy_world.world import split_identities, subject_photo
-
-    from .make_workflows import TOY_ADAPTER
-
     folder = base / "models" / "nested_adapters"
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(WEIGHTS / "adapter_nested.safetensors", folder / TOY_ADAPTER)
@@ -136,9 +135,6 @@ def plan(
     args: argparse.Namespace, real: bool, root: Path, output: Path
 ) -> tuple[str, list[tuple[Path, Callable]], list[str]]:
     """(mode, [(workflow file, prompt transform)], notes) for real models, the toy world or stand-ins."""
-    from toy_world.models import WEIGHTS
-
-    from .make_workflows import DEMO_WORKFLOW, TOY_WORKFLOWS
 
     user_workflow = PACK_ROOT / "workflows" / DEMO_WORKFLOW
     if real:

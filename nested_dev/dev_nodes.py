@@ -14,6 +14,9 @@ from comfy.ldm.modules.attention import optimized_attention
 from comfy_api.latest import io
 from torch import Tensor
 
+from nested_attention.nodes.contract import sigma_of
+from nested_attention.nodes.model_layers import attn2_sites
+
 from . import tiny_models
 
 CAPTURED: dict[str, Any] = {}
@@ -57,47 +60,6 @@ class NestedDevTinyCLIPVision(io.ComfyNode):
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
         return io.NodeOutput(tiny_models.build_clip_vision(seed))
-
-
-class NestedDevToyCheckpoint(io.ComfyNode):
-    """The toy world's trained UNet, text encoder and VAE (toy_world/weights)."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="NestedDevToyCheckpoint",
-            display_name="Toy world checkpoint (dev)",
-            category="nested_attention/dev",
-            inputs=[],
-            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
-        )
-
-    @classmethod
-    def execute(cls) -> io.NodeOutput:
-        from toy_world.models import load_toy
-
-        model, clip, vae = load_toy()
-        return io.NodeOutput(model, clip, vae)
-
-
-class NestedDevToyCLIPVision(io.ComfyNode):
-    """The toy world's frozen image encoder."""
-
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="NestedDevToyCLIPVision",
-            display_name="Toy world CLIP vision (dev)",
-            category="nested_attention/dev",
-            inputs=[],
-            outputs=[io.ClipVision.Output()],
-        )
-
-    @classmethod
-    def execute(cls) -> io.NodeOutput:
-        from toy_world.models import build_clip_vision
-
-        return io.NodeOutput(build_clip_vision())
 
 
 class NestedDevCapture(io.ComfyNode):
@@ -159,7 +121,7 @@ class Recorder:
                 out.detach().clone(),
                 list(extra_options.get("uuids", [])),
                 list(extra_options["cond_or_uncond"]),
-                float(extra_options["sigmas"].reshape(-1)[0]),
+                sigma_of(extra_options["sigmas"]),
                 int(extra_options["n_heads"]),
                 list(extra_options.get("activations_shape", [])),
                 list(extra_options["original_shape"]),
@@ -239,10 +201,8 @@ class NestedDevForeignPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, strength: float, mode: str) -> io.NodeOutput:
-        from .comfy_env import load_pack
-
         patched = model.clone()
-        for key in load_pack().nodes.model_layers.attn2_sites(patched):
+        for key in attn2_sites(patched):
             key = tuple(key)
             replace = patched.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
             if mode == "add" and hasattr(replace.get(key), "add"):
@@ -255,8 +215,6 @@ class NestedDevForeignPatch(io.ComfyNode):
 DEV_NODES = [
     NestedDevTinyCheckpoint,
     NestedDevTinyCLIPVision,
-    NestedDevToyCheckpoint,
-    NestedDevToyCLIPVision,
     NestedDevCapture,
     NestedDevRecordAttn2,
     NestedDevForeignPatch,
@@ -264,10 +222,11 @@ DEV_NODES = [
 
 
 def register() -> None:
-    """Add the dev nodes to ComfyUI's node table (tests and demo only)."""
+    """Add the dev nodes and the toy world's loaders to ComfyUI's node table (tests and demo only)."""
     import nodes
+    from toy_world.nodes import TOY_NODES
 
-    for node in DEV_NODES:
+    for node in [*DEV_NODES, *TOY_NODES]:
         schema = node.GET_SCHEMA()
         nodes.NODE_CLASS_MAPPINGS[schema.node_id] = node
         nodes.NODE_DISPLAY_NAME_MAPPINGS[schema.node_id] = schema.display_name

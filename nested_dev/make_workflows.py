@@ -66,7 +66,7 @@ TOY_BASE = Base(
 TOY_ADAPTER = "toy_creature_nested.safetensors"
 
 
-class Layout:
+class Scaffold:
     """A workflow with the usual scaffolding: checkpoint, CLIP vision, prompts, sampler, save."""
 
     def __init__(
@@ -188,11 +188,11 @@ class Layout:
 
 
 def one_subject() -> dict:
-    layout = Layout("a photo of a person as an astronaut on the moon, earth in the sky, cinematic lighting")
-    faces = layout.adapter(FACES)
-    subject = layout.subject(faces, "person.png", "Person")
-    layout.apply(faces, subject, "person", "Bind the person")
-    return layout.finish(
+    scaffold = Scaffold("a photo of a person as an astronaut on the moon, earth in the sky, cinematic lighting")
+    faces = scaffold.adapter(FACES)
+    subject = scaffold.subject(faces, "person.png", "Person")
+    scaffold.apply(faces, subject, "person", "Bind the person")
+    return scaffold.finish(
         "nested_one_subject",
         "ONE SUBJECT. The word 'person' in the prompt becomes the person in "
         "the photo. Keep the word in the prompt; change everything else freely.",
@@ -200,13 +200,13 @@ def one_subject() -> dict:
 
 
 def person_and_dog() -> dict:
-    layout = Layout("a photo of a person hugging a dog in a snowy forest, golden hour, 35mm")
-    faces, pets = layout.adapter(FACES), layout.adapter(PETS, row=200)
-    person = layout.subject(faces, "person.png", "Person")
-    dog = layout.subject(pets, "dog.png", "Dog")
-    layout.apply(faces, person, "person", "Bind the person")
-    layout.apply(pets, dog, "dog", "Bind the dog")
-    return layout.finish(
+    scaffold = Scaffold("a photo of a person hugging a dog in a snowy forest, golden hour, 35mm")
+    faces, pets = scaffold.adapter(FACES), scaffold.adapter(PETS, row=200)
+    person = scaffold.subject(faces, "person.png", "Person")
+    dog = scaffold.subject(pets, "dog.png", "Dog")
+    scaffold.apply(faces, person, "person", "Bind the person")
+    scaffold.apply(pets, dog, "dog", "Bind the dog")
+    return scaffold.finish(
         "nested_person_and_dog",
         "TWO SUBJECTS, TWO DOMAINS. A face adapter binds 'person', a pet "
         "adapter binds 'dog'; each word takes its own subject. Chain one Apply node per subject.",
@@ -214,13 +214,13 @@ def person_and_dog() -> dict:
 
 
 def two_people() -> dict:
-    layout = Layout("a person shaking hands with another person in a busy office, photo")
-    faces = layout.adapter(FACES)
-    first = layout.subject(faces, "person_a.png", "First person")
-    second = layout.subject(faces, "person_b.png", "Second person")
-    layout.apply(faces, first, "person", "Bind the 1st 'person'", occurrence=1)
-    layout.apply(faces, second, "person", "Bind the 2nd 'person'", occurrence=2)
-    return layout.finish(
+    scaffold = Scaffold("a person shaking hands with another person in a busy office, photo")
+    faces = scaffold.adapter(FACES)
+    first = scaffold.subject(faces, "person_a.png", "First person")
+    second = scaffold.subject(faces, "person_b.png", "Second person")
+    scaffold.apply(faces, first, "person", "Bind the 1st 'person'", occurrence=1)
+    scaffold.apply(faces, second, "person", "Bind the 2nd 'person'", occurrence=2)
+    return scaffold.finish(
         "nested_two_people",
         "TWO PEOPLE, ONE WORD. Both subjects use the word 'person': occurrence "
         "1 binds the first 'person' in the prompt, occurrence 2 the second.",
@@ -228,12 +228,12 @@ def two_people() -> dict:
 
 
 def region_mask() -> dict:
-    layout = Layout("a photo of a person sitting on a bench in a park, autumn, wide shot")
-    faces = layout.adapter(FACES)
-    subject = layout.subject(faces, "person.png", "Person", mask_from_alpha=True)
-    mask = layout.half_mask("right", 1024, 1024)
-    layout.apply(faces, subject, "person", "Bind the person (right half)", mask=(mask, 0))
-    return layout.finish(
+    scaffold = Scaffold("a photo of a person sitting on a bench in a park, autumn, wide shot")
+    faces = scaffold.adapter(FACES)
+    subject = scaffold.subject(faces, "person.png", "Person", mask_from_alpha=True)
+    mask = scaffold.half_mask("right", 1024, 1024)
+    scaffold.apply(faces, subject, "person", "Bind the person (right half)", mask=(mask, 0))
+    return scaffold.finish(
         "nested_region_mask",
         "REGION MASK. attn_mask (right half here) limits where the subject "
         "acts; elsewhere 'person' stays a plain word. The reference photo's alpha channel, if it has "
@@ -242,11 +242,11 @@ def region_mask() -> dict:
 
 
 def ip_adapter_plus() -> dict:
-    layout = Layout("a watercolor painting of a person reading in a library")
-    adapter = layout.adapter(IPA_FACE)
-    subject = layout.subject(adapter, "person.png", "Person")
-    layout.apply(adapter, subject, "person", "Bind the person")
-    return layout.finish(
+    scaffold = Scaffold("a watercolor painting of a person reading in a library")
+    adapter = scaffold.adapter(IPA_FACE)
+    subject = scaffold.subject(adapter, "person.png", "Person")
+    scaffold.apply(adapter, subject, "person", "Bind the person")
+    return scaffold.finish(
         "nested_ip_adapter_plus",
         "AN IP-ADAPTER-PLUS FILE AS THE NESTED ADAPTER. Load Nested Adapter "
         "reads ip-adapter-plus(-face) files (SD1.5 or SDXL): their resampler is the Q-Former and their "
@@ -262,15 +262,15 @@ def attention_maps(
     word: str = "person",
     text: str = "a photo of a person playing the violin on a stage, spotlight",
 ) -> dict:
-    layout = Layout(text, steps=25 if base is SDXL_BASE else None, base=base)
-    faces = layout.adapter(adapter)
-    subject = layout.subject(faces, photo_name, word.capitalize())
-    photo = layout.photos[-1]
-    layout.apply(faces, subject, word, f"Bind the {word}")
-    recorder = layout.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
-    layout.w.connect(layout.model, layout.model_slot, recorder, "model")
-    layout.model, layout.model_slot = recorder, 0
-    workflow = layout.finish(
+    scaffold = Scaffold(text, steps=25 if base is SDXL_BASE else None, base=base)
+    faces = scaffold.adapter(adapter)
+    subject = scaffold.subject(faces, photo_name, word.capitalize())
+    photo = scaffold.photos[-1]
+    scaffold.apply(faces, subject, word, f"Bind the {word}")
+    recorder = scaffold.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
+    scaffold.w.connect(scaffold.model, scaffold.model_slot, recorder, "model")
+    scaffold.model, scaffold.model_slot = recorder, 0
+    workflow = scaffold.finish(
         "nested_attention_maps",
         "ATTENTION MAPS. Record Nested Attention (after the Apply nodes) "
         "makes the sampler record what the subject does; Nested Attention Maps turns it into "
@@ -278,7 +278,7 @@ def attention_maps(
         "(click the generated image in the node to move the point), and the per-position values "
         "v*_q beside the word's single plain value.",
     )
-    w = layout.w
+    w = scaffold.w
     decode = next(n for n in w.nodes if n["type"] == "VAEDecode")
     maps = w.add(
         "NestedAttentionMaps",
@@ -300,25 +300,25 @@ def attention_maps(
 
 
 def toy_one_subject() -> dict:
-    layout = Layout("a creature at the top left, blue background", base=TOY_BASE)
-    adapter = layout.adapter(TOY_ADAPTER)
-    subject = layout.subject(adapter, "creature_a.png", "Creature")
-    layout.apply(adapter, subject, "creature", "Bind the creature")
-    return layout.finish(
+    scaffold = Scaffold("a creature at the top left, blue background", base=TOY_BASE)
+    adapter = scaffold.adapter(TOY_ADAPTER)
+    subject = scaffold.subject(adapter, "creature_a.png", "Creature")
+    scaffold.apply(adapter, subject, "creature", "Bind the creature")
+    return scaffold.finish(
         "toy_one_subject",
         "ONE SUBJECT in the toy world: the held-out creature of the photo, drawn where and on what the prompt says.",
     )
 
 
 def toy_two_subjects() -> dict:
-    layout = Layout("a creature on the left and a creature on the right, yellow background", base=TOY_BASE)
-    adapter = layout.adapter(TOY_ADAPTER)
-    first = layout.subject(adapter, "creature_a.png", "First creature")
-    second = layout.subject(adapter, "creature_b.png", "Second creature")
-    left, right = layout.half_mask("left", 64, 64), layout.half_mask("right", 64, 64)
-    layout.apply(adapter, first, "creature", "Bind the 1st 'creature' (left)", occurrence=1, mask=(left, 0))
-    layout.apply(adapter, second, "creature", "Bind the 2nd 'creature' (right)", occurrence=2, mask=(right, 0))
-    return layout.finish(
+    scaffold = Scaffold("a creature on the left and a creature on the right, yellow background", base=TOY_BASE)
+    adapter = scaffold.adapter(TOY_ADAPTER)
+    first = scaffold.subject(adapter, "creature_a.png", "First creature")
+    second = scaffold.subject(adapter, "creature_b.png", "Second creature")
+    left, right = scaffold.half_mask("left", 64, 64), scaffold.half_mask("right", 64, 64)
+    scaffold.apply(adapter, first, "creature", "Bind the 1st 'creature' (left)", occurrence=1, mask=(left, 0))
+    scaffold.apply(adapter, second, "creature", "Bind the 2nd 'creature' (right)", occurrence=2, mask=(right, 0))
+    return scaffold.finish(
         "toy_two_subjects",
         "TWO SUBJECTS in the toy world, both bound to the word 'creature' (occurrence 1 and 2), each with a "
         "region mask: the toy text encoder does not tell the two words apart by place (see the README's "

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 
 import torch
 from safetensors.torch import save_file
 
+from nested_attention.nested_core.adapter import AdapterConfig, NestedAdapter, fingerprint
+from nested_attention.nested_core.checkpoint import save_native
+from nested_attention.nested_core.checkpoint.ipadapter import to_ip_adapter_layout
+from nested_attention.nested_core.layers import diffusers_order
+from nested_attention.nested_core.qformer import QFormerConfig
+from nested_attention.nested_core.subject import SubjectTokens, save_subject
+from nested_attention.nodes.model_layers import attn2_sites
+
 from . import tiny_models
-from .comfy_env import load_pack
 
 #: Q-Former settings for the tiny models (CLIP vision width 48). The IP-Adapter-Plus layout fixes the
 #: head width at 64, so that variant uses a wider Q-Former.
@@ -21,19 +27,17 @@ def tiny_adapter(
     kind: str, seed: int = 0, ip_adapter_layout: bool = False, class_word: str = "person", scale: float = 0.3
 ):
     """A NestedAdapter (the pack's class) whose layers match the tiny UNet of ``kind``."""
-    pack = load_pack()
-    core: ModuleType = pack.nested_core
-    sites = pack.nodes.model_layers.attn2_sites(tiny_models.build_unet(kind, seed=0))
-    keys = tuple(core.layers.diffusers_order(sites))
+    sites = attn2_sites(tiny_models.build_unet(kind, seed=0))
+    keys = tuple(diffusers_order(sites))
     settings = dict(TINY_IPA_QFORMER if ip_adapter_layout else TINY_QFORMER, out_dim=tiny_models.CONTEXT_DIM[kind])
-    config = core.adapter.AdapterConfig(
-        qformer=core.qformer.QFormerConfig(**settings),
+    config = AdapterConfig(
+        qformer=QFormerConfig(**settings),
         layer_dims=tuple(sites[k].inner_dim for k in keys),
         layer_keys=None if ip_adapter_layout else keys,
         base_family=f"tiny-{kind}",
         class_word=class_word,
     )
-    adapter = core.adapter.NestedAdapter(config)
+    adapter = NestedAdapter(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in adapter.named_parameters():
@@ -51,28 +55,25 @@ def write_tiny_adapter(
 ) -> Path:
     """Write a tiny adapter in the native format, or in the IP-Adapter-Plus layout."""
     adapter = tiny_adapter(kind, seed, ip_adapter_layout, class_word)
-    core = load_pack().nested_core
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not ip_adapter_layout:
-        core.checkpoint.save_native(path, adapter.config, adapter.state_dict())
+        save_native(path, adapter.config, adapter.state_dict())
         return path
-    state = core.checkpoint.ipadapter.to_ip_adapter_layout(adapter.state_dict())
+    state = to_ip_adapter_layout(adapter.state_dict())
     save_file({name: tensor.contiguous() for name, tensor in state.items()}, path)
     return path
 
 
 def write_tiny_subject(path: Path, adapter, seed: int = 0, tokens: int | None = None) -> Path:
     """A subject file whose tokens are random (as if encoded by ``adapter``)."""
-    core = load_pack().nested_core
     count = tokens or adapter.config.num_tokens
     gen = torch.Generator().manual_seed(seed)
-    fingerprint = core.adapter.fingerprint(adapter.config, adapter.state_dict())
-    subject = core.subject.SubjectTokens(
+    subject = SubjectTokens(
         tokens=torch.randn(1, count, adapter.config.context_dim, generator=gen),
-        adapter_fingerprint=fingerprint,
+        adapter_fingerprint=fingerprint(adapter.config, adapter.state_dict()),
         num_images=1,
         combine="average",
     )
-    core.subject.save_subject(path, subject)
+    save_subject(path, subject)
     return Path(path)

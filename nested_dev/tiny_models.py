@@ -1,4 +1,4 @@
-"""Small random-weight stand-ins built with ComfyUI's own classes (call comfy_env.prepare_comfyui first).
+"""Small random-weight stand-ins built with ComfyUI's own classes (prepare ComfyUI first: comfy_env).
 
 Shapes follow the real families: SD1.5 (conv transformer in/out, 8-head style, context from CLIP-L)
 and SDXL (linear transformer in/out, depth-2 blocks, two text encoders, pooled "adm" input), with
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +23,10 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
 import torch
+
+from nested_attention.nested_train.config import TrainConfig
+from nested_attention.nested_train.frozen import FrozenParts
+from nested_attention.nested_train.init_weights import init_weights_
 
 #: Settings every UNet built here shares (ComfyUI's SD-family UNet, no temporal layers).
 UNET_COMMON = dict(
@@ -81,26 +86,6 @@ CLIP_VISION_CONFIG = dict(
 )
 CONTEXT_DIM = {"sd15": 32, "sdxl": 64}
 POOLED_DIM = 32
-
-
-def init_weights_(module: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.Module:
-    """comfy.ops layers skip initialisation (their memory holds garbage): set every parameter."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if not p.is_floating_point():
-                continue
-            if (
-                p.ndim == 1
-                and ("norm" in name or name.endswith("ln_1.weight") or "layer_norm" in name)
-                and name.endswith("weight")
-            ):
-                p.fill_(1.0)
-            elif p.ndim == 1 and name.endswith("bias"):
-                p.zero_()
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * scale)
-    return module
 
 
 def model_config(kind: str, unet: Optional[dict[str, Any]] = None):
@@ -163,3 +148,22 @@ def conditioning(kind: str, tokens: int = 77, seed: int = 0, batch: int = 1) -> 
     if kind == "sdxl":
         extra = {"pooled_output": torch.randn(batch, POOLED_DIM, generator=gen), "width": 64, "height": 64}
     return [[torch.randn(batch, tokens, CONTEXT_DIM[kind], generator=gen), extra]]
+
+
+@dataclass(frozen=True)
+class TinyParts:
+    """The stand-ins as the trainer's frozen parts (a ``nested_train.frozen.FrozenPartsLoader``)."""
+
+    kind: str = "sd15"
+    seed: int = 0
+
+    def problems(self, config: TrainConfig) -> list[str]:
+        return [] if self.kind in UNET_CONFIGS else [f"no tiny model of kind '{self.kind}'"]
+
+    def load(self, config: TrainConfig) -> FrozenParts:
+        return FrozenParts.of(
+            build_unet(self.kind, self.seed),
+            build_clip(self.kind, self.seed),
+            build_vae(self.seed),
+            build_clip_vision(self.seed),
+        )

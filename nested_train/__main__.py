@@ -1,28 +1,29 @@
-"""python -m nested_train --config run.toml [--steps 2000 --resume ...]"""
+"""python -m nested_train --config run.toml -- run from the pack's folder with ComfyUI's Python.
 
-from __future__ import annotations
+Outside ComfyUI's loader the pack is the package ``nested_attention``; the trainer is its
+``nested_train``. When that name is not importable yet (a plain ComfyUI install), the pack's
+folder is registered under it here, and the command line runs from there.
+"""
 
-import logging
+import importlib.util
 import sys
-
-from .config import load_config
-from .dataset import DatasetError
+from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config, resume = load_config(argv)
-        from .loop import Trainer
-
-        trainer = Trainer(config, resume=resume)
-        path = trainer.train()
-    except (DatasetError, ValueError) as error:
-        logging.getLogger("nested_train").error("%s", error)
-        return 2
-    logging.getLogger("nested_train").info("adapter written to %s", path)
-    return 0
+def _import_pack() -> None:
+    if "nested_attention" in sys.modules or importlib.util.find_spec("nested_attention") is not None:
+        return
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "nested_attention", root / "__init__.py", submodule_search_locations=[str(root)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nested_attention"] = module
+    spec.loader.exec_module(module)
 
 
 if __name__ == "__main__":
+    _import_pack()
+    from nested_attention.nested_train.cli import main
+
     sys.exit(main())

@@ -18,8 +18,8 @@ class TrainConfig:
     data: str = ""  # a folder with one sub-folder per subject, or a .jsonl manifest
     class_word: str = "person"  # the prompt word bound to the subject (one CLIP token)
     caption_template: str = "a photo of a {word}"  # for images without a caption file
-    base: str = ""  # a SD1.5/SDXL checkpoint file, or "tiny:sd15" / "tiny:sdxl"
-    clip_vision: str = ""  # a CLIP vision file (ViT-H/14 for SDXL), or "tiny"
+    base: str = ""  # an SD1.5/SDXL checkpoint file
+    clip_vision: str = ""  # a CLIP vision file (ViT-H/14 for SDXL)
     output: str = "train_output"
     # the adapter
     init_adapter: Optional[str] = None  # start from an IP-Adapter-Plus or native file; else from scratch
@@ -63,14 +63,15 @@ class TrainConfig:
             if hasattr(self, name) and saved[name] != getattr(self, name)
         ]
 
+    def uses_cuda(self) -> bool:
+        import torch
+
+        return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+
     def validate(self, world_size: int = 1) -> None:
         problems = []
         if not self.data:
             problems.append("data is not set (a folder of subject folders, or a .jsonl manifest)")
-        if not self.base:
-            problems.append("base is not set (a checkpoint file, or tiny:sd15 / tiny:sdxl)")
-        if not self.clip_vision:
-            problems.append("clip_vision is not set (a CLIP vision file, or tiny)")
         if self.precision not in ("fp32", "bf16", "fp16"):
             problems.append(f"precision is '{self.precision}'; expected fp32, bf16 or fp16")
         if self.batch_size % (world_size * self.accumulate):

@@ -22,6 +22,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from ..nested_core.images import center_square, fill_background
+from .config import TrainConfig
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 MASK_SUFFIX = ".mask.png"
 
@@ -59,24 +62,24 @@ class Example:
 
 
 class SubjectDataset:
-    def __init__(self, subjects: tuple[Subject, ...], source: str):
+    def __init__(self, subjects: tuple[Subject, ...], config: TrainConfig):
         self.subjects = subjects
-        self.source = source
+        self.config = config
         self._cache: dict[Path, np.ndarray] = {}
 
     @classmethod
     def scan(
         cls,
-        source: str,
-        class_word: str,
+        config: TrainConfig,
         is_one_token: Callable[[str], Optional[str]],
         caption_problem: Callable[[str], Optional[str]],
         min_size: int,
     ) -> "SubjectDataset":
         """Read the layout, check every file, and raise DatasetError listing all problems."""
+        source = config.data
         root = Path(source)
         problems: list[str] = []
-        problem = is_one_token(class_word)
+        problem = is_one_token(config.class_word)
         if problem:
             problems.append(f"class word: {problem}")
         if not root.exists():
@@ -93,35 +96,27 @@ class SubjectDataset:
             problems.append("no subject found (expected one sub-folder of images per subject)")
         if problems:
             raise DatasetError(source, problems)
-        return cls(tuple(subjects), source)
+        return cls(tuple(subjects), config)
 
-    def example(
-        self,
-        seed: int,
-        step: int,
-        index: int,
-        resolution: int,
-        template: str,
-        word: str,
-        same_image_reference: float,
-        drop_text: float,
-        drop_subject: float,
-    ) -> Example:
-        """The index-th example of a step: a target photo, a reference crop, a caption."""
+    def example(self, step: int, index: int) -> Example:
+        """The index-th example of a step: a target photo, a reference crop, a caption; always the same
+        for the same (seed, step, index)."""
+        config = self.config
+        seed, word = config.seed, config.class_word
         rng = random.Random(f"{seed}:{step}:{index}")
         subject = self.subjects[rng.randrange(len(self.subjects))]
         target = subject.photos[rng.randrange(len(subject.photos))]
         source = (
             target
-            if len(subject.photos) == 1 or rng.random() < same_image_reference
+            if len(subject.photos) == 1 or rng.random() < config.same_image_reference
             else rng.choice([p for p in subject.photos if p is not target])
         )
-        caption = target.caption or template.format(word=word)
-        if rng.random() < drop_text:
+        caption = target.caption or config.caption_template.format(word=word)
+        if rng.random() < config.drop_text:
             caption = word
-        bind = rng.random() >= drop_subject
+        bind = rng.random() >= config.drop_subject
         return Example(
-            target=_square(self._pixels(target.path), resolution),
+            target=center_square(torch.from_numpy(self._pixels(target.path))[None], config.resolution, True)[0],
             target_path=target.path,
             reference=self._reference(source, rng),
             caption=caption,
@@ -141,8 +136,7 @@ class SubjectDataset:
         if photo.mask is not None:
             with Image.open(photo.mask) as mask:
                 weight = np.asarray(mask.convert("L"), dtype=np.float32)[..., None] / 255.0
-            mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-            pixels = pixels * weight + mean * (1 - weight)
+            pixels = fill_background(torch.from_numpy(pixels), torch.from_numpy(weight)).numpy()
         height, width = pixels.shape[:2]
         area = rng.uniform(0.6, 1.0) * height * width
         aspect = rng.uniform(0.8, 1.25)
@@ -153,18 +147,6 @@ class SubjectDataset:
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(crop))
-
-
-def _square(pixels: np.ndarray, size: int) -> Tensor:
-    """Centre square, resized to size x size: [size, size, 3]."""
-    height, width = pixels.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = torch.from_numpy(np.ascontiguousarray(pixels[top : top + side, left : left + side]))
-    resized = torch.nn.functional.interpolate(
-        crop.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return resized[0].permute(1, 2, 0).clamp(0, 1)
 
 
 def _folders(root: Path, problems: list[str]) -> dict[str, list[Photo]]:

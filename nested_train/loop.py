@@ -3,6 +3,7 @@
 Several GPUs (or CPU processes) are driven by ``torchrun``: each process takes every
 world_size-th example of a step and DistributedDataParallel averages the gradients, so a run
 gives the same parameters whatever the number of processes (up to float summation order).
+ComfyUI must be prepared (``comfy_runtime.prepare_comfyui``) before this module is imported.
 """
 
 from __future__ import annotations
@@ -17,13 +18,20 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
+import comfy.model_management as mm
 import torch
 from torch import Tensor
 
-from . import runtime
+from ..nested_core.attention import TokenPositions
+from ..nested_core.checkpoint import load_adapter_checkpoint, save_native
+from ..nested_core.files import write_atomically
+from ..nodes.contract import STEP_KEY
+from ..nodes.encode import clip_features
+from ..nodes.tokens import resolve_token, tokenize_prompt
 from .config import TrainConfig
 from .dataset import Example, SubjectDataset
-from .models import TrainableAdapter, create_adapter, gradient_checkpointing, load_frozen, vision_width
+from .frozen import CheckpointFiles, FrozenPartsLoader
+from .models import TrainableAdapter, create_adapter, gradient_checkpointing
 from .objective import TrainingStep, diffusion_loss, encode_caption, noise_and_sigma, patches
 
 log = logging.getLogger("nested_train")
@@ -32,28 +40,28 @@ CHECKPOINTS = "checkpoints"
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, patch_class: Optional[type] = None):
-        """``patch_class`` replaces the nodes' NestedAttn2Patch (the toy world's baselines use it)."""
+    def __init__(
+        self,
+        config: TrainConfig,
+        frozen: Optional[FrozenPartsLoader] = None,
+        resume: bool = False,
+        patch_class: Optional[type] = None,
+    ):
+        """``frozen`` gives the base model's parts (the checkpoint files of the settings by default);
+        ``patch_class`` replaces the nodes' NestedAttn2Patch (the toy world's baselines use it).
+        Settings and every data file are checked before any model is loaded."""
         self.config = config
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         config.validate(self.world)
-        cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if cuda else "gloo")
-        pack = runtime.start(cpu=not cuda)
-        import comfy.model_management as mm
-
-        self.device = mm.get_torch_device()
-        self.output = Path(config.output)
-        self.parts = load_frozen(config)
-        tokens = pack.nodes.tokens
-        word_id = None if _token_problem(config.class_word) else tokens.resolve_token(config.class_word)
+        frozen = frozen or CheckpointFiles()
+        problems = frozen.problems(config)
+        if problems:
+            raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
+        word_id = None if _token_problem(config.class_word) else resolve_token(config.class_word)
 
         def caption_problem(caption: str) -> Optional[str]:
-            ids = tokens.prompt_tokens(self.parts.clip.tokenize(caption), caption).ids
+            ids = tokenize_prompt(caption).ids
             if len(ids) > CONTEXT_TOKENS:  # every caption of a batch must give a context of one length
                 return f"is longer than {CONTEXT_TOKENS - 2} tokens (the trainer encodes one 77-token chunk)"
             if word_id is not None and word_id not in ids:  # (a bad class word is reported on its own)
@@ -61,10 +69,15 @@ class Trainer:
             return None
 
         self.dataset = SubjectDataset.scan(
-            config.data, config.class_word, _token_problem, caption_problem, min_size=max(16, config.resolution // 4)
+            config, _token_problem, caption_problem, min_size=max(16, config.resolution // 4)
         )
         self.word_id = word_id
-        self.adapter = create_adapter(config, self.parts, vision_width(self.parts.clip_vision)).to(self.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if config.uses_cuda() else "gloo")
+        self.device = mm.get_torch_device()
+        self.output = Path(config.output)
+        self.parts = frozen.load(config)
+        self.adapter = create_adapter(config, self.parts).to(self.device)
         self.module = TrainableAdapter(self.adapter)
         self.trained = torch.nn.parallel.DistributedDataParallel(self.module) if self.world > 1 else self.module
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -128,28 +141,14 @@ class Trainer:
     def loss(self, indices: list[int]) -> Tensor:
         """Mean diffusion loss over the given examples of the current step (plus the regulariser)."""
         config, parts = self.config, self.parts
-        examples = [
-            self.dataset.example(
-                config.seed,
-                self.step,
-                i,
-                config.resolution,
-                config.caption_template,
-                config.class_word,
-                config.same_image_reference,
-                config.drop_text,
-                config.drop_subject,
-            )
-            for i in indices
-        ]
+        examples = [self.dataset.example(self.step, i) for i in indices]
         features = self._features(examples)
         tokens, pairs = self.trained(features)
         context, pooled, positions = self._captions([e.caption for e in examples])
         positions = [found if e.bind else [] for found, e in zip(positions, examples)]
-        core = runtime.pack().nested_core
         step = TrainingStep(
             kv={key: pairs[i] for key, i in self.layers.items()},
-            positions=core.attention.TokenPositions.from_lists(positions, self.device),
+            positions=TokenPositions.from_lists(positions, self.device),
             track_values=config.value_norm_weight > 0,
         )
         x0 = parts.model.model.process_latent_in(self._latents(examples).to(self.device))
@@ -158,7 +157,7 @@ class Trainer:
             sampling, x0.shape[1:], [f"{config.seed}:{self.step}:{i}:noise" for i in indices], self.device
         )
         noisy = sampling.noise_scaling(sigma, noise, x0)
-        options = {"patches_replace": {"attn2": self.patches}, runtime.pack().nodes.registry.STEP_KEY: step}
+        options = {"patches_replace": {"attn2": self.patches}, STEP_KEY: step}
         extra = self._extra_conds(pooled)
         with self._autocast():
             x0_pred = parts.model.model.apply_model(
@@ -193,10 +192,7 @@ class Trainer:
     def _features(self, examples: list[Example]) -> Tensor:
         """CLIP penultimate features of each reference (frozen; one call per reference size)."""
         with torch.no_grad():
-            out = [
-                self.parts.clip_vision.encode_image(e.reference[None], crop=True)["penultimate_hidden_states"]
-                for e in examples
-            ]
+            out = [clip_features(self.parts.clip_vision, e.reference[None]) for e in examples]
         return torch.cat(out).clone().float().to(self.device)
 
     def _extra_conds(self, pooled: Tensor) -> dict:
@@ -253,12 +249,11 @@ class Trainer:
 
     def save(self) -> Path:
         """Checkpoint folder written aside and renamed, so a crash never leaves half a checkpoint."""
-        core = runtime.pack().nested_core
         folder = self.output / CHECKPOINTS / f"step_{self.step:07d}"
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        core.checkpoint.save_native(partial / "adapter.safetensors", self.adapter.config, self.adapter.state_dict())
+        save_native(partial / "adapter.safetensors", self.adapter.config, self.adapter.state_dict())
         torch.save(
             {
                 "step": self.step,
@@ -271,9 +266,9 @@ class Trainer:
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(partial, folder)
-        latest = self.output / "adapter.safetensors"
-        shutil.copyfile(folder / "adapter.safetensors", latest.with_suffix(".partial"))
-        os.replace(latest.with_suffix(".partial"), latest)
+        write_atomically(
+            self.output / "adapter.safetensors", lambda part: shutil.copyfile(folder / "adapter.safetensors", part)
+        )
         log.info("saved %s", folder)
         return folder
 
@@ -295,7 +290,7 @@ class Trainer:
                 + "\n  - ".join(changed)
                 + "\nRestore them, or train into a new output folder."
             )
-        checkpoint = runtime.pack().nested_core.checkpoint.load_adapter_checkpoint(folder / "adapter.safetensors")
+        checkpoint = load_adapter_checkpoint(folder / "adapter.safetensors")
         self.adapter.load_state_dict({k: v.to(self.device) for k, v in checkpoint.state_dict.items()}, strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -305,7 +300,7 @@ class Trainer:
 
 def _token_problem(word: str) -> Optional[str]:
     try:
-        runtime.pack().nodes.tokens.resolve_token(word)
+        resolve_token(word)
     except ValueError as error:
         return str(error)
     return None

@@ -6,49 +6,53 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
+import comfy.model_sampling
 import torch
 from torch import Tensor
 
-from .runtime import pack
+from ..nested_core.attention import NestedSubject, TokenPositions
+from ..nested_core.layers import LayerKey
+from ..nested_core.maps import per_query_values
+from ..nodes.patch import NestedAttn2Patch
+from ..nodes.tokens import prompt_tokens
 
 
 @dataclass
 class TrainingStep:
-    """What the attn2 patches read during a training forward (the role StepState plays while
+    """The ``contract.SubjectSource`` of a training forward (the role StepState plays while
     sampling): each example's nested keys/values per layer and its token positions."""
 
-    kv: dict  # LayerKey -> (K~, V~) [B, N, inner], with gradients
-    positions: Any  # TokenPositions [B, P]
-    value_norms: list = field(default_factory=list)
+    kv: dict[LayerKey, tuple[Tensor, Tensor]]  # (K~, V~) [B, N, inner], with gradients
+    positions: TokenPositions  # [B, P]
+    value_norms: list[Tensor] = field(default_factory=list)
     track_values: bool = False
-    run: Any = None  # no recording while training
 
-    def subjects_for(self, layer, q: Tensor, k: Tensor, extra_options: dict) -> list:
-        core = pack().nested_core
+    def subjects_for(
+        self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict[str, Any]
+    ) -> list[tuple[int, NestedSubject]]:
         if layer not in self.kv or not self.positions.rows:
             return []
         nested_k, nested_v = self.kv[layer]
         if self.track_values and torch.is_grad_enabled():
-            v_star = core.maps.per_query_values(q, nested_k, nested_v, extra_options["n_heads"])
+            v_star = per_query_values(q, nested_k, nested_v, extra_options["n_heads"])
             self.value_norms.append(v_star.pow(2).mean())
-        subject = core.attention.NestedSubject(nested_k.to(q.dtype), nested_v.to(q.dtype), self.positions)
-        return [(0, subject)]
+        return [(0, NestedSubject(nested_k.to(q.dtype), nested_v.to(q.dtype), self.positions))]
 
 
-def patches(sites, patch_class=None) -> dict:
+def patches(sites: Iterable[LayerKey], patch_class: Optional[type] = None) -> dict[tuple, NestedAttn2Patch]:
     """One NestedAttn2Patch per attn2 layer: the very object the Apply node installs."""
-    patch_class = patch_class or pack().nodes.patch.NestedAttn2Patch
+    patch_class = patch_class or NestedAttn2Patch
     return {tuple(key): patch_class(key) for key in sites}
 
 
-def encode_caption(clip, caption: str, word_id: int) -> tuple[Tensor, Tensor, list[int]]:
+def encode_caption(clip: Any, caption: str, word_id: int) -> tuple[Tensor, Tensor, list[int]]:
     """Frozen text encoding of one caption: context [1, L, C], pooled [1, C'], the class word's positions."""
     tokens = clip.tokenize(caption)
     with torch.no_grad():
         context, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
-    return context.float(), pooled.float(), pack().nodes.tokens.prompt_tokens(tokens, caption).occurrences(word_id)
+    return context.float(), pooled.float(), prompt_tokens(tokens, caption).occurrences(word_id)
 
 
 def diffusion_loss(model_sampling, x0_pred: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
@@ -57,8 +61,6 @@ def diffusion_loss(model_sampling, x0_pred: Tensor, x0: Tensor, sigma: Tensor) -
     eps models: MSE between predicted and true noise = |x0_pred − x0|² / σ².
     v models:   MSE between predicted and true v = |x0_pred − x0|² / c_out², c_out = σ σd / √(σ² + σd²).
     """
-    import comfy.model_sampling
-
     error = (x0_pred.float() - x0.float()).pow(2).flatten(1).mean(1)
     s = sigma.float()
     if isinstance(model_sampling, comfy.model_sampling.V_PREDICTION):

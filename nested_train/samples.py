@@ -6,36 +6,37 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import comfy.sample
 import numpy as np
 import torch
 from PIL import Image
 
-from . import runtime
+from ..nested_core.checkpoint import save_native
+from ..nodes.adapter_runtime import load_adapter
+from ..nodes.apply_subject import apply_subject
+from ..nodes.encode import encode_subject
+from ..nodes.text_encode import encode_prompt
 
 
 def render_samples(trainer: Any, folder: Path) -> list[Path]:
     """Save the current adapter, load it as Load Nested Adapter would, encode the first subject's
     first photo, bind it, sample each preview prompt and save the images."""
-    import comfy.sample
-
-    pack = runtime.pack()
-    nodes, core = pack.nodes, pack.nested_core
     config, parts = trainer.config, trainer.parts
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "adapter.safetensors"
-        core.checkpoint.save_native(path, trainer.adapter.config, trainer.adapter.state_dict())
-        adapter = nodes.adapter_runtime.load_adapter(str(path), f"step {trainer.step}")
+        save_native(path, trainer.adapter.config, trainer.adapter.state_dict())
+        adapter = load_adapter(str(path), f"step {trainer.step}")
     photo = trainer.dataset.subjects[0].photos[0]
     image = torch.from_numpy(trainer.dataset._pixels(photo.path))[None]
-    subject = nodes.subject_nodes.encode_subject(adapter, parts.clip_vision, image)
-    model = nodes.apply_subject.apply_subject(parts.model, adapter, subject, config.class_word)
-    negative = nodes.text_node.NestedTextEncode.execute(parts.clip, "").args[0]
+    subject = encode_subject(adapter, parts.clip_vision, image)
+    model = apply_subject(parts.model, adapter, subject, config.class_word)
+    negative = encode_prompt(parts.clip, "")
     size = config.resolution // 8
     written = []
     for number, template in enumerate(config.sample_prompts):
         text = template.format(word=config.class_word)
-        positive = nodes.text_node.NestedTextEncode.execute(parts.clip, text).args[0]
+        positive = encode_prompt(parts.clip, text)
         latent = torch.zeros(1, 4, size, size)
         with torch.no_grad():
             samples = comfy.sample.sample(

@@ -59,7 +59,7 @@ class LoadedAdapter:
 
 
 def load_adapter(path: str, name: Optional[str] = None) -> LoadedAdapter:
-    """Read and validate an adapter file (any supported layout) and wrap it for ComfyUI."""
+    """Read and validate an adapter file (any supported file layout) and wrap it for ComfyUI."""
     checkpoint = load_adapter_checkpoint(path)
     module = build_adapter(checkpoint.config, checkpoint.state_dict, ops=comfy.ops.manual_cast)
     module.to(mm.unet_offload_device())

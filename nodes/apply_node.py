@@ -7,10 +7,12 @@ from typing import Optional
 from comfy_api.latest import io
 from torch import Tensor
 
+from ..nested_core.errors import NestedAttentionError
 from ..nested_core.subject import SubjectTokens
 from .adapter_runtime import LoadedAdapter
 from .apply_subject import apply_subject
 from .io_types import CATEGORY, NestedAdapterIO, NestedSubjectIO
+from .tokens import resolve_token
 
 
 class ApplyNestedAttention(io.ComfyNode):
@@ -67,6 +69,15 @@ class ApplyNestedAttention(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, token: str = "person") -> "bool | str":
+        """The word must be one CLIP token: checked with the prompt, before any node runs."""
+        try:
+            resolve_token(token)
+        except NestedAttentionError as error:
+            return str(error)
+        return True
 
     @classmethod
     def execute(

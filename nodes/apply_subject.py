@@ -14,11 +14,11 @@ from ..nested_core.errors import NestedAttentionError
 from ..nested_core.layers import LayerKey, bind_layers
 from ..nested_core.subject import SubjectTokens
 from .adapter_runtime import LoadedAdapter
+from .contract import REGISTRY_KEY, WRAPPER_KEY, SubjectBinding, with_transformer_options
 from .model_layers import attn2_sites
 from .patch import NestedAttn2Patch
-from .registry import REGISTRY_KEY, WRAPPER_KEY, SubjectBinding, binding_name
 from .sampling import calc_cond_batch_wrapper, outer_sample_wrapper
-from .tokens import resolve_token, same_token_conflict
+from .tokens import describe_occurrence, resolve_token, same_token_conflict
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,11 @@ def apply_subject(
     The input model is left untouched. Raises NestedAttentionError, naming the input at fault,
     for anything that would otherwise fail or silently do nothing during sampling.
     """
+    _check_settings(token, occurrence, start_at, end_at)
     token_id = resolve_token(token)
-    if occurrence < 0:
-        raise NestedAttentionError(
-            f"occurrence is {occurrence}; use 0 for every occurrence of '{token}' or n >= 1 for the n-th"
-        )
-    if not 0.0 <= start_at <= end_at <= 1.0:
-        raise NestedAttentionError(f"start_at {start_at} and end_at {end_at}: expected 0 <= start_at <= end_at <= 1")
     _check_subject(adapter, subject)
     registry: tuple[SubjectBinding, ...] = model.model_options.get("transformer_options", {}).get(REGISTRY_KEY, ())
-    name = binding_name(token.strip(), occurrence)
+    name = f"'{token.strip()}' ({describe_occurrence(occurrence)})"
     for other in registry:
         if same_token_conflict((other.token_id, other.occurrence), (token_id, occurrence)):
             raise NestedAttentionError(
@@ -57,22 +52,22 @@ def apply_subject(
             )
 
     sites = attn2_sites(model)
-    layout = bind_layers(
+    layer_binding = bind_layers(
         adapter.name, adapter.config.layer_dims, adapter.config.context_dim, adapter.config.layer_keys, sites
     )
-    if layout.unserved or layout.unused:
+    if layer_binding.unserved or layer_binding.unused:
         log.warning(
             "Nested Attention: adapter %s has no weights for %d of the model's %d cross-attention layers "
             "(e.g. %s), which run plain attention%s",
             adapter.name,
-            len(layout.unserved),
+            len(layer_binding.unserved),
             len(sites),
-            ", ".join(map(str, layout.unserved[:3])) or "none",
-            f"; its layers {', '.join(layout.unused[:3])} are not in this model" if layout.unused else "",
+            ", ".join(map(str, layer_binding.unserved[:3])) or "none",
+            f"; its layers {', '.join(layer_binding.unused[:3])} are not in this model" if layer_binding.unused else "",
         )
 
     pairs = adapter.project(subject.tokens)
-    layers = {key: pairs[index] for key, index in layout.index_of.items()}
+    layers = {key: pairs[index] for key, index in layer_binding.index_of.items()}
     sampling = model.get_model_object("model_sampling")
     binding = SubjectBinding(
         name=name,
@@ -88,8 +83,7 @@ def apply_subject(
     )
 
     patched = model.clone()
-    options = patched.model_options.get("transformer_options", {})
-    patched.model_options["transformer_options"] = {**options, REGISTRY_KEY: registry + (binding,)}
+    patched.model_options = with_transformer_options(patched.model_options, {REGISTRY_KEY: registry + (binding,)})
     for key in layers:
         _install_patch(patched, key)
     for kind, wrapper in (
@@ -100,6 +94,16 @@ def apply_subject(
         patched.add_wrapper_with_key(kind, WRAPPER_KEY, wrapper)
     log.info("Nested Attention: bound subject %s (weight %.2f) on %d layers", name, weight, len(layers))
     return patched
+
+
+def _check_settings(token: str, occurrence: int, start_at: float, end_at: float) -> None:
+    resolve_token(token)
+    if occurrence < 0:
+        raise NestedAttentionError(
+            f"occurrence is {occurrence}; use 0 for every occurrence of '{token}' or n >= 1 for the n-th"
+        )
+    if not 0.0 <= start_at <= end_at <= 1.0:
+        raise NestedAttentionError(f"start_at {start_at} and end_at {end_at}: expected 0 <= start_at <= end_at <= 1")
 
 
 def _check_subject(adapter: LoadedAdapter, subject: SubjectTokens) -> None:

@@ -6,7 +6,7 @@ from comfy_api.latest import io
 NestedAdapterIO = io.Custom("NESTED_ADAPTER")
 #: NESTED_SUBJECT carries a nested_core.subject.SubjectTokens.
 NestedSubjectIO = io.Custom("NESTED_SUBJECT")
+#: NESTED_RECORDING carries a nodes.recording.Recording.
+NestedRecordingIO = io.Custom("NESTED_RECORDING")
 
 CATEGORY = "nested_attention"
-ADAPTER_FOLDER = "nested_adapters"
-SUBJECT_FOLDER = "nested_subjects"

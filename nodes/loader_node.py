@@ -6,7 +6,8 @@ import folder_paths
 from comfy_api.latest import io
 
 from .adapter_runtime import load_adapter
-from .io_types import ADAPTER_FOLDER, CATEGORY, NestedAdapterIO
+from .folders import ADAPTER_FOLDER
+from .io_types import CATEGORY, NestedAdapterIO
 
 
 class LoadNestedAdapter(io.ComfyNode):

@@ -37,15 +37,6 @@ def overlay(image: Tensor, heat: Tensor, alpha: float = 0.6) -> Tensor:
     return (image[..., :3].float().cpu() * (1 - weight) + colours * weight).clamp(0, 1)
 
 
-def square_crop(image: Tensor, size: int) -> Tensor:
-    """[B, H, W, 3] -> centre square resized to size x size, like CLIP's preprocessing."""
-    _, height, width, _ = image.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = image[:, top : top + side, left : left + side, :3].permute(0, 3, 1, 2).float()
-    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).clamp(0, 1)
-
-
 def mark_point(image: Tensor, x: float, y: float, radius: int = 4) -> Tensor:
     """Draw a small white-ringed dot at (x, y) (fractions of width and height) on [B, H, W, 3]."""
     out = image.clone()

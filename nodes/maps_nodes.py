@@ -4,21 +4,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from comfy_api.latest import io, ui
 from torch import Tensor
 
-from ..nested_core.errors import NestedAttentionError
-from ..nested_core.layers import LayerKey
-from ..nested_core.maps import pca_rgb, source_heatmap
-from .io_types import CATEGORY
-from .map_images import mark_point, normalised, overlay, square_crop
-from .model_layers import attn2_sites
-from .recording import PARTS, RECORD_KEY, Recording
+from .io_types import CATEGORY, NestedRecordingIO
+from .maps_render import render_maps
+from .recording import PARTS, Recording, record_model
 
-NestedRecordingIO = io.Custom("NESTED_RECORDING")
 PART_CHOICES = ["all", *PARTS]
-SOURCE_SIZE = 256
 
 
 class RecordNestedAttention(io.ComfyNode):
@@ -58,23 +51,7 @@ class RecordNestedAttention(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, grid: int, value_layer: str = "", value_at: float = 0.5) -> io.NodeOutput:
-        layer = None
-        if value_layer.strip():
-            try:
-                layer = LayerKey.parse(value_layer)
-            except ValueError as error:
-                raise NestedAttentionError(f"Record Nested Attention: value_layer: {error}") from error
-            sites = attn2_sites(model)
-            if layer not in sites:
-                raise NestedAttentionError(
-                    f"Record Nested Attention: the model has no layer {layer}; it has "
-                    f"{', '.join(map(str, list(sites)[:4]))}, ..."
-                )
-        recording = Recording(grid=grid, value_layer=layer, value_at=value_at)
-        patched = model.clone()
-        options = patched.model_options.get("transformer_options", {})
-        patched.model_options["transformer_options"] = {**options, RECORD_KEY: recording}
-        return io.NodeOutput(patched, recording)
+        return io.NodeOutput(*record_model(model, grid, value_layer, value_at))
 
 
 class NestedAttentionMaps(io.ComfyNode):
@@ -125,44 +102,10 @@ class NestedAttentionMaps(io.ComfyNode):
         last_step: float,
         reference: Optional[Tensor] = None,
     ) -> io.NodeOutput:
-        if not recording.traces:
-            raise NestedAttentionError(
-                "Nested Attention Maps: nothing was recorded. Sample with the MODEL output of Record Nested Attention "
-                "(after the Apply nodes), with prompts from Nested Text Encode that contain the subjects' words."
-            )
-        chosen = list(PARTS) if parts == "all" else [parts]
-        last = max(recording.steps - 1, 0)
-        steps = (round(first_step * last), round(last_step * last))
-        photos = (
-            square_crop(reference, SOURCE_SIZE)
-            if reference is not None
-            else torch.full((1, SOURCE_SIZE, SOURCE_SIZE, 3), 0.5)
-        )
-        views = {"generated": _temp_image(images[:1], cls)[0], "reference": _temp_image(photos, cls)}
-        subject_maps, source_maps, value_maps, payload = [], [], [], []
-        for index in sorted(recording.traces):
-            trace = recording.traces[index]
-            maps = recording.averaged(index, chosen, *steps)
-            if maps is None:
-                continue
-            binding = recording.registry[index]
-            acting = normalised(maps[:, 0])  # [B, gh, gw]
-            subject_maps.append(overlay(images[: acting.shape[0]], acting))
-            weights = maps[0, 1:]  # [T, gh, gw]
-            source, photo = _source(weights, binding, point_x, point_y)
-            base = photos[min(max(photo, 0), photos.shape[0] - 1)][None]
-            source_maps.append(overlay(base, normalised(source)[None]) if source is not None else base)
-            if trace.values is not None:
-                value_maps.append(_value_image(trace.values[0], trace.class_value))
-            payload.append(_payload(binding, weights, trace.name) | views)
-        if not subject_maps:
-            raise NestedAttentionError(
-                f"Nested Attention Maps: no subject was recorded in parts '{parts}' between "
-                f"steps {steps[0]} and {steps[1]}"
-            )
-        marked = [mark_point(m, point_x, point_y) for m in subject_maps]
-        values = torch.cat(value_maps) if value_maps else torch.zeros(1, 64, 128, 3)
-        return io.NodeOutput(torch.cat(marked), torch.cat(source_maps), values, ui={"nested_maps": payload})
+        maps = render_maps(recording, images, point_x, point_y, parts, first_step, last_step, reference)
+        views = {"generated": _temp_image(images[:1], cls)[0], "reference": _temp_image(maps.photos, cls)}
+        payload = [entry | views for entry in maps.payload]
+        return io.NodeOutput(maps.subject_maps, maps.source_maps, maps.value_maps, ui={"nested_maps": payload})
 
 
 def _temp_image(images: Tensor, cls) -> list[dict]:
@@ -171,45 +114,3 @@ def _temp_image(images: Tensor, cls) -> list[dict]:
         images.cpu(), filename_prefix="nested_maps", folder_type=io.FolderType.temp, cls=cls, compress_level=1
     )
     return [dict(item) for item in saved]
-
-
-def _source(weights: Tensor, binding, x: float, y: float) -> tuple[Optional[Tensor], int]:
-    """Heatmap [g, g] over the reference photo for the cell at (x, y), and which photo it is on."""
-    if binding.patch_maps is None:
-        return None, 0
-    gh, gw = weights.shape[1:]
-    cell = weights[:, min(int(y * gh), gh - 1), min(int(x * gw), gw - 1)]  # [T]
-    photos = binding.token_photo
-    photo = 0
-    if photos is not None and int(photos.max()) >= 0:
-        mass = torch.zeros(int(photos.max()) + 1).index_add_(0, photos.clamp_min(0), cell)
-        photo = int(mass.argmax())
-        cell = torch.where(photos == photo, cell, torch.zeros_like(cell))
-    cell = cell / cell.sum().clamp_min(1e-12)
-    return source_heatmap(cell, binding.patch_maps), photo
-
-
-def _value_image(values: Tensor, class_value: Optional[Tensor], height: int = 256) -> Tensor:
-    """PCA colours of v*_q over the grid, beside the constant colour of the plain value V_s*."""
-    channels, gh, gw = values.shape
-    vectors = values.reshape(channels, gh * gw).T  # [cells, inner]
-    if class_value is not None:
-        vectors = torch.cat([vectors, class_value[None].float()])
-    colours = pca_rgb(vectors)
-    nested = colours[: gh * gw].T.reshape(3, gh, gw)
-    width = max(1, round(height * gw / gh))
-    left = torch.nn.functional.interpolate(nested[None], size=(height, width), mode="nearest")[0].permute(1, 2, 0)
-    right = colours[-1].expand(height, width, 3) if class_value is not None else torch.zeros(height, width, 3)
-    gap = torch.ones(height, 4, 3)
-    return torch.cat([left, gap, right], dim=1)[None]
-
-
-def _payload(binding, weights: Tensor, name: str) -> dict:
-    """What the browser needs to redraw the source map for any clicked cell."""
-    entry = {"subject": name, "grid": list(weights.shape[1:]), "tokens": weights.shape[0]}
-    if binding.patch_maps is not None:
-        entry["weights"] = [round(float(v), 4) for v in weights.permute(1, 2, 0).reshape(-1)]
-        entry["patch_grid"] = list(binding.patch_maps.shape[1:])
-        entry["patch_maps"] = [round(float(v), 5) for v in binding.patch_maps.reshape(-1)]
-        entry["token_photo"] = [int(v) for v in binding.token_photo] if binding.token_photo is not None else None
-    return entry

@@ -4,8 +4,9 @@ One ``NestedAttn2Patch`` sits on each attn2 key ``(block, number, depth)``. It c
 layer's ordinary output (ComfyUI's kernel, or the patch another pack had put there, which it
 wraps rather than drops), then adds each bound subject's correction
 ``Σ_p a_p (v*_q − V_p)`` (paper Eq. 1 and 3, see ``nested_core.attention``). The subjects are not
-stored in the patch: they come from the model's registry through the sampling wrappers, so one
-patch object serves any number of chained Apply nodes.
+stored in the patch: they come from the ``SubjectSource`` the sampling wrappers (or the trainer) put
+in the call's options (see ``contract``), so one patch object serves any number of chained Apply
+nodes.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from torch import Tensor
 
 from ..nested_core.attention import nested_attention
 from ..nested_core.layers import LayerKey
-from .recording import RECORD_KEY
-from .registry import STEP_KEY
-
-_NO_SIGMA = 999999999.9
+from .contract import NO_SIGMA, RECORD_KEY, STEP_KEY, SubjectSource, sigma_of
 
 
 class NestedAttn2Patch:
@@ -53,7 +51,7 @@ class NestedAttn2Patch:
             )
         if self.added:
             out = self._run_added(out, q, k, v, extra_options)
-        step = extra_options.get(STEP_KEY)
+        step: Optional[SubjectSource] = extra_options.get(STEP_KEY)
         if step is None:
             return out
         bound = step.subjects_for(self.layer, q, k, extra_options)
@@ -62,7 +60,7 @@ class NestedAttn2Patch:
         result = self.combine(q, k, v, extra_options["n_heads"], [s for _, s in bound], out)
         recording = extra_options.get(RECORD_KEY)
         if recording is not None:
-            recording.record(self.layer, q, k, v, bound, step.run.registry, extra_options)
+            recording.record(self.layer, q, k, v, bound, extra_options)
         return result
 
     def combine(self, q: Tensor, k: Tensor, v: Tensor, heads: int, subjects: list, base: Tensor) -> Tensor:
@@ -70,10 +68,9 @@ class NestedAttn2Patch:
         return nested_attention(q, k, v, heads, subjects, base=base)
 
     def _run_added(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
-        sigmas = extra_options.get("sigmas")
-        sigma = float(sigmas.reshape(-1)[0]) if sigmas is not None else _NO_SIGMA
+        sigma = sigma_of(extra_options.get("sigmas"))
         for callback, kwargs in self.added:
-            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", _NO_SIGMA):
+            if kwargs.get("sigma_end", 0.0) <= sigma <= kwargs.get("sigma_start", NO_SIGMA):
                 out = out + callback(out, q, k, v, extra_options, **kwargs)
         return out.to(q.dtype)
 

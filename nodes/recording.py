@@ -24,11 +24,13 @@ import torch
 from torch import Tensor
 
 from ..nested_core.attention import NestedSubject
+from ..nested_core.errors import NestedAttentionError
 from ..nested_core.layers import LayerKey
 from ..nested_core.maps import nested_token_weights, per_query_values, pool_to_grid, subject_attention
+from .contract import RECORD_KEY, SubjectBinding, sigma_of, with_transformer_options
 from .masks import layer_grid
+from .model_layers import attn2_sites
 
-RECORD_KEY = "nested_attention_recording"
 PARTS = ("input", "middle", "output")
 
 
@@ -54,15 +56,16 @@ class Recording:
         self.cells: Optional[tuple[int, int]] = None
         self._sigmas: Optional[Tensor] = None
         self.traces: dict[int, SubjectTrace] = {}
-        self.registry: tuple = ()
+        self.registry: tuple[SubjectBinding, ...] = ()
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> "Recording":
         return self  # every clone of the model must write into the same record
 
-    def reset(self) -> None:
-        """Forget the previous sampling run (called when a new one starts): the record is the latest run's."""
+    def reset(self, registry: tuple[SubjectBinding, ...]) -> None:
+        """Start recording a sampling run of these subjects: the record is the latest run's."""
         with self._lock:
+            self.registry = registry
             self.traces.clear()
             self.steps = 0
             self.cells = None
@@ -75,7 +78,6 @@ class Recording:
         k: Tensor,
         v: Tensor,
         subjects: Sequence[tuple[int, NestedSubject]],
-        registry: tuple,
         extra_options: dict[str, Any],
     ) -> None:
         """Add one layer call's maps, for the rows of positive prompts (called by the attn2 patch)."""
@@ -86,11 +88,10 @@ class Recording:
             return
         per_chunk = q.shape[0] // len(chunks)
         rows = torch.tensor([c * per_chunk + j for c in positive for j in range(per_chunk)], device=q.device)
-        step = self._step(float(extra_options["sigmas"].reshape(-1)[0]), schedule)
+        step = self._step(sigma_of(extra_options["sigmas"]), schedule)
         h, w = layer_grid(q.shape[1], extra_options)
         cells = self._cells(extra_options)
         heads = extra_options["n_heads"]
-        self.registry = registry
 
         def pick(t: Tensor) -> Tensor:
             return t if t.shape[0] == 1 else t.index_select(0, rows)
@@ -111,7 +112,7 @@ class Recording:
                 tokens = nested_token_weights(q_rows, pick(subject.keys), heads).mean(1)  # [R, Lq, N]
                 self._add(
                     index,
-                    registry[index].name,
+                    self.registry[index].name,
                     layer.block,
                     step,
                     per_image(torch.cat([acting[:, None], tokens.transpose(1, 2)], dim=1)),
@@ -159,3 +160,26 @@ class Recording:
             return None
         return sum(trace.maps[k] for k in keys) / sum(trace.counts[k] for k in keys)
 
+
+def record_model(model, grid: int, value_layer: str = "", value_at: float = 0.5) -> tuple[Any, Recording]:
+    """A clone of ``model`` whose next sampling runs are recorded into the returned Recording.
+
+    ``value_layer`` ("output.0.0"; empty: the decoder's first cross-attention layer) must be one of
+    the model's attn2 layers.
+    """
+    layer = None
+    if value_layer.strip():
+        try:
+            layer = LayerKey.parse(value_layer)
+        except ValueError as error:
+            raise NestedAttentionError(f"Record Nested Attention: value_layer: {error}") from error
+        sites = attn2_sites(model)
+        if layer not in sites:
+            raise NestedAttentionError(
+                f"Record Nested Attention: the model has no layer {layer}; it has "
+                f"{', '.join(map(str, list(sites)[:4]))}, ..."
+            )
+    recording = Recording(grid=grid, value_layer=layer, value_at=value_at)
+    patched = model.clone()
+    patched.model_options = with_transformer_options(patched.model_options, {RECORD_KEY: recording})
+    return patched, recording

@@ -7,7 +7,8 @@ Two ComfyUI wrappers, registered once per model whatever the number of Apply nod
 * CALC_COND_BATCH, once per model evaluation, reads the step's sigma once, notes the prompts of
   the conditionings being evaluated, and hands a ``StepState`` to the attn2 patches.
 
-The attn2 patch then asks the StepState for the subjects of its layer and batch rows.
+The attn2 patch then asks the StepState (a ``contract.SubjectSource``) for the subjects of its layer
+and batch rows.
 """
 
 from __future__ import annotations
@@ -21,16 +22,24 @@ from torch import Tensor
 
 from ..nested_core.attention import NestedSubject, TokenPositions
 from ..nested_core.layers import LayerKey
+from .contract import (
+    PROMPT_KEY,
+    RECORD_KEY,
+    REGISTRY_KEY,
+    RUN_KEY,
+    STEP_KEY,
+    SubjectBinding,
+    sigma_of,
+    with_transformer_options,
+)
 from .masks import mask_for_layer, rows_for_batch
-from .recording import RECORD_KEY
-from .registry import REGISTRY_KEY, RUN_KEY, STEP_KEY, SubjectBinding
-from .tokens import PROMPT_KEY, PromptTokens, first_words, token_text
+from .tokens import PromptTokens, first_words, token_text
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PromptLayout:
+class PromptPositions:
     """One conditioning entry: its context length and each binding's positions in it."""
 
     length: int
@@ -42,27 +51,27 @@ class NestedRun:
 
     def __init__(self, registry: tuple[SubjectBinding, ...]):
         self.registry = registry
-        self._prompts: dict[Any, Optional[PromptLayout]] = {}
-        self._layouts: dict[tuple, tuple[Optional[TokenPositions], ...]] = {}
+        self._prompts: dict[Any, Optional[PromptPositions]] = {}
+        self._positions: dict[tuple, tuple[Optional[TokenPositions], ...]] = {}
         self._kv: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._masks: dict[tuple, Tensor] = {}
         self._warned: set[str] = set()
 
     # --- prompts -------------------------------------------------------------------------
     def note_conds(self, conds: Sequence[Optional[list[dict]]]) -> None:
-        """Record the token layout of every conditioning entry not seen yet in this run."""
+        """Record the subjects' token positions in every conditioning entry not seen yet in this run."""
         new_positive = False
         for index, entries in enumerate(conds):
             for cond in entries or ():
                 uid = cond.get("uuid")
                 if uid is None or uid in self._prompts:
                     continue
-                self._prompts[uid] = self._layout(cond, positive=index == 0)
+                self._prompts[uid] = self._prompt_positions(cond, positive=index == 0)
                 new_positive |= index == 0
         if new_positive:
             self._warn_missing_tokens(conds[0] or ())
 
-    def _layout(self, cond: dict, positive: bool) -> Optional[PromptLayout]:
+    def _prompt_positions(self, cond: dict, positive: bool) -> Optional[PromptPositions]:
         prompt: Optional[PromptTokens] = cond.get(PROMPT_KEY)
         cross_attn = cond.get("model_conds", {}).get("c_crossattn")
         length = getattr(cross_attn, "cond", None)
@@ -94,15 +103,15 @@ class NestedRun:
                     "positive" if positive else "negative",
                     first_words(prompt.text),
                 )
-        return PromptLayout(length=len(prompt.ids), positions=positions)
+        return PromptPositions(length=len(prompt.ids), positions=positions)
 
     def _warn_missing_tokens(self, positives: Sequence[dict]) -> None:
-        layouts = [(c, self._prompts.get(c.get("uuid"))) for c in positives]
-        tracked = [(c, layout) for c, layout in layouts if layout is not None]
+        found = [(c, self._prompts.get(c.get("uuid"))) for c in positives]
+        tracked = [(c, prompt) for c, prompt in found if prompt is not None]
         if not tracked:
             return
         for index, binding in enumerate(self.registry):
-            if any(layout.positions[index] for _, layout in tracked):
+            if any(prompt.positions[index] for _, prompt in tracked):
                 continue
             text = tracked[0][0][PROMPT_KEY].text
             self._warn_once(
@@ -123,9 +132,9 @@ class NestedRun:
     ) -> tuple[Optional[TokenPositions], ...]:
         """Each binding's context positions for the batch rows of one model call (None: absent)."""
         key = (tuple(uuids), rows_per_chunk, context, device)
-        cached = self._layouts.get(key)
+        cached = self._positions.get(key)
         if cached is None:
-            cached = self._layouts[key] = tuple(
+            cached = self._positions[key] = tuple(
                 self._binding_positions(i, uuids, rows_per_chunk, context, device) for i in range(len(self.registry))
             )
         return cached
@@ -135,17 +144,17 @@ class NestedRun:
     ) -> Optional[TokenPositions]:
         per_row: list[list[int]] = []
         for uid in uuids:
-            layout = self._prompts.get(uid)
-            found = list(layout.positions[index]) if layout is not None else []
-            if found and context % layout.length:
+            prompt = self._prompts.get(uid)
+            found = list(prompt.positions[index]) if prompt is not None else []
+            if found and context % prompt.length:
                 self._warn_once(
-                    f"tile:{context}:{layout.length}",
+                    f"tile:{context}:{prompt.length}",
                     f"a context of {context} tokens is not a "
-                    f"whole number of copies of a {layout.length}-token prompt; subjects skipped there",
+                    f"whole number of copies of a {prompt.length}-token prompt; subjects skipped there",
                 )
                 found = []
-            copies = context // layout.length if found else 0
-            tiled = [p + copy * layout.length for copy in range(copies) for p in found]
+            copies = context // prompt.length if found else 0
+            tiled = [p + copy * prompt.length for copy in range(copies) for p in found]
             per_row.extend([tiled] * rows_per_chunk)
         if not any(per_row):
             return None
@@ -210,8 +219,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     if not registry:
         return executor(*args, **kwargs)
     if options.get(RECORD_KEY) is not None:
-        options[RECORD_KEY].reset()
-    guider.model_options = {**original, "transformer_options": {**options, RUN_KEY: NestedRun(registry)}}
+        options[RECORD_KEY].reset(registry)
+    guider.model_options = with_transformer_options(original, {RUN_KEY: NestedRun(registry)})
     try:
         return executor(*args, **kwargs)
     finally:
@@ -227,10 +236,13 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
     run = options.get(RUN_KEY)
     if run is None or run.registry is not registry:
         run = NestedRun(registry)  # called outside a guider's sample(): caches last one evaluation
+        recording = options.get(RECORD_KEY)
+        if recording is not None and recording.registry is not registry:
+            recording.reset(registry)
     run.note_conds(conds)
-    sigma = float(timestep.reshape(-1)[0]) if isinstance(timestep, Tensor) else float(timestep)
+    sigma = sigma_of(timestep)
     active = tuple(i for i, b in enumerate(run.registry) if b.active_at(sigma))
     if not active:
         return executor(model, conds, x_in, timestep, model_options)
-    step_options = {**model_options, "transformer_options": {**options, STEP_KEY: StepState(run, active)}}
+    step_options = with_transformer_options(model_options, {STEP_KEY: StepState(run, active)})
     return executor(model, conds, x_in, timestep, step_options)

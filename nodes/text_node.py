@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..nested_core.errors import NestedAttentionError
 from .io_types import CATEGORY
-from .tokens import PROMPT_KEY, prompt_tokens
+from .text_encode import encode_prompt
 
 
 class NestedTextEncode(io.ComfyNode):
@@ -34,12 +33,4 @@ class NestedTextEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, text: str) -> io.NodeOutput:
-        if clip is None:
-            raise NestedAttentionError(
-                "Nested Text Encode: the clip input is empty; the checkpoint loader that "
-                "feeds it found no text encoder in its file"
-            )
-        tokens = clip.tokenize(text)
-        return io.NodeOutput(
-            clip.encode_from_tokens_scheduled(tokens, add_dict={PROMPT_KEY: prompt_tokens(tokens, text)})
-        )
+        return io.NodeOutput(encode_prompt(clip, text))

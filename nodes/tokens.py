@@ -1,8 +1,9 @@
 """Finding a subject's token s* in prompts: token ids travel with the conditioning.
 
 ``Nested Text Encode`` records the prompt's CLIP token ids, aligned with the context positions
-(chunk c, position p -> index 77c + p), under ``PROMPT_KEY`` in every conditioning entry. The
-subject's word is resolved to one CLIP token id with the tokenizer bundled with ComfyUI.
+(chunk c, position p -> index 77c + p), under ``contract.PROMPT_KEY`` in every conditioning entry.
+The subject's word is resolved to one CLIP token id with the tokenizer bundled with ComfyUI, which
+also tokenises prompts when no text encoder is loaded (the trainer checks its captions that way).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 from ..nested_core.errors import NestedAttentionError
 
-PROMPT_KEY = "nested_attention_prompt"
 NO_TOKEN = -1  # embeddings and other non-id entries
 
 
@@ -55,10 +55,20 @@ def prompt_tokens(tokens: dict[str, list], text: str) -> PromptTokens:
 
 
 @functools.lru_cache(maxsize=1)
-def _tokenizer() -> Any:
+def _sd_tokenizer() -> Any:
     import comfy.sd1_clip
 
-    return comfy.sd1_clip.SDTokenizer().tokenizer  # the CLIP BPE shared by SD1.5 and both SDXL encoders
+    return comfy.sd1_clip.SDTokenizer()  # the CLIP BPE shared by SD1.5 and both SDXL encoders
+
+
+def _tokenizer() -> Any:
+    return _sd_tokenizer().tokenizer
+
+
+def tokenize_prompt(text: str) -> PromptTokens:
+    """A prompt's token ids as a CLIP text encoder of SD1.5 or SDXL would get them (77-token chunks,
+    weights parsed), without a text encoder: what ``clip.tokenize`` gives, for checking prompts early."""
+    return prompt_tokens({"l": _sd_tokenizer().tokenize_with_weights(text)}, text)
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,9 +7,9 @@ import os
 import torch
 from safetensors.torch import save_file
 
-from nested_core.adapter import AdapterConfig, NestedAdapter
-from nested_core.checkpoint.ipadapter import to_ip_adapter_layout
-from nested_core.qformer import QFormerConfig
+from nested_attention.nested_core.adapter import AdapterConfig, NestedAdapter
+from nested_attention.nested_core.checkpoint.ipadapter import to_ip_adapter_layout
+from nested_attention.nested_core.qformer import QFormerConfig
 
 TINY_QFORMER = QFormerConfig(num_queries=4, dim=32, depth=2, heads=2, head_dim=16, ff_mult=2, in_dim=24, out_dim=32)
 IPA_QFORMER = QFormerConfig(num_queries=4, dim=128, depth=2, heads=2, head_dim=64, ff_mult=4, in_dim=48, out_dim=32)

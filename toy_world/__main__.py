@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from nested_dev.comfy_env import load_pack, prepare_comfyui
+from nested_attention.nested_train.comfy_runtime import prepare_comfyui
 
-HERE = Path(__file__).resolve().parent
+from . import RESULTS, WEIGHTS
+
 log = logging.getLogger("toy_world")
 
 FULL = dict(
@@ -58,14 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (meaningless numbers)")
-    parser.add_argument("--weights", default=str(HERE / "weights"))
-    parser.add_argument("--results", default=str(HERE / "results"))
+    parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     prepare_comfyui(cpu=True)
-    pack = load_pack()
-    logging.getLogger(pack.__name__).setLevel(logging.WARNING)  # the nodes' per-image info lines
+    logging.getLogger("nested_attention").setLevel(logging.WARNING)  # the nodes' per-image info lines
     from .pipeline import run_pipeline, write_report
 
     if args.command == "report":

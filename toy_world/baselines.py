@@ -14,60 +14,58 @@ They live here, with the benchmark, not in the nodes.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 
-from nested_dev.comfy_env import load_pack
+from nested_attention.nested_core.attention import NestedSubject, nested_attention
+from nested_attention.nested_core.heads import merge_heads, split_heads
+from nested_attention.nodes.patch import NestedAttn2Patch
 
 
-@lru_cache(maxsize=1)
-def patch_classes() -> dict[str, type]:
-    pack = load_pack()
-    base_class = pack.nodes.patch.NestedAttn2Patch
-    attention = pack.nested_core.attention
+class DecoupledAttn2Patch(NestedAttn2Patch):
+    def combine(self, q, k, v, heads, subjects, base):
+        out = base.float()
+        for subject in subjects:
+            rows = subject.positions.row_index.to(q.device)
+            q_rows = split_heads(q.index_select(0, rows), heads)
+            keys, values = (
+                split_heads(t if t.shape[0] == 1 else t.index_select(0, rows), heads)
+                .to(q.dtype)
+                .expand(q_rows.shape[0], -1, -1, -1)
+                for t in (subject.keys, subject.values)
+            )
+            extra = merge_heads(F.scaled_dot_product_attention(q_rows, keys, values)).float()
+            if subject.query_mask is not None:
+                mask = subject.query_mask
+                extra = extra * (mask if mask.shape[0] == 1 else mask.index_select(0, rows))[..., None].float()
+            out = out.index_add(0, rows, subject.weight * extra)
+        return out.to(base.dtype)
 
-    class DecoupledAttn2Patch(base_class):
-        def combine(self, q, k, v, heads, subjects, base):
-            out = base.float()
-            for subject in subjects:
-                rows = subject.positions.row_index.to(q.device)
-                q_rows = attention.split_heads(q.index_select(0, rows), heads)
-                keys, values = (
-                    attention.split_heads(t if t.shape[0] == 1 else t.index_select(0, rows), heads)
-                    .to(q.dtype)
-                    .expand(q_rows.shape[0], -1, -1, -1)
-                    for t in (subject.keys, subject.values)
-                )
-                extra = attention.merge_heads(F.scaled_dot_product_attention(q_rows, keys, values)).float()
-                if subject.query_mask is not None:
-                    mask = subject.query_mask
-                    extra = extra * (mask if mask.shape[0] == 1 else mask.index_select(0, rows))[..., None].float()
-                out = out.index_add(0, rows, subject.weight * extra)
-            return out.to(base.dtype)
 
-    class SingleTokenAttn2Patch(base_class):
-        def combine(self, q, k, v, heads, subjects, base):
-            # zero nested keys make the nested softmax uniform: v*_q = mean of V~ at every position
-            flat = [
-                attention.NestedSubject(torch.zeros_like(s.keys), s.values, s.positions, s.weight, s.query_mask)
-                for s in subjects
-            ]
-            return attention.nested_attention(q, k, v, heads, flat, base=base)
+class SingleTokenAttn2Patch(NestedAttn2Patch):
+    def combine(self, q, k, v, heads, subjects, base):
+        # zero nested keys make the nested softmax uniform: v*_q = mean of V~ at every position
+        flat = [
+            NestedSubject(torch.zeros_like(s.keys), s.values, s.positions, s.weight, s.query_mask) for s in subjects
+        ]
+        return nested_attention(q, k, v, heads, flat, base=base)
 
-    return {"nested": base_class, "decoupled": DecoupledAttn2Patch, "single-token": SingleTokenAttn2Patch}
+
+PATCH_CLASSES: dict[str, type[NestedAttn2Patch]] = {
+    "nested": NestedAttn2Patch,
+    "decoupled": DecoupledAttn2Patch,
+    "single-token": SingleTokenAttn2Patch,
+}
 
 
 def with_variant(model, variant: str):
     """A clone of a model patched by Apply Nested Attention, its attn2 patches swapped for a variant."""
     if variant == "nested":
         return model
-    cls = patch_classes()[variant]
-    base_class = patch_classes()["nested"]
+    cls = PATCH_CLASSES[variant]
     clone = model.clone()
     replace = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
     for key, patch in list(replace.items()):
-        if isinstance(patch, base_class):
+        if isinstance(patch, NestedAttn2Patch):
             clone.set_model_attn2_replace(cls(patch.layer, patch.wrapped, patch.added), *key)
     return clone

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nested_dev.comfy_env import load_pack
+from nested_attention.nodes.recording import record_model
 
 from .evaluate import Toolkit, personalised, sample
 from .reader import SINGLE, read
@@ -48,13 +48,12 @@ def text_control(kit: Toolkit, identities: tuple[Identity, ...], seed: int) -> d
 
 def word_attention(kit: Toolkit, identities: tuple[Identity, ...], seed: int) -> dict[str, float]:
     """Mean a_s* of the word on the creature's cells and on the background (nested adapter, weight 1)."""
-    nodes = load_pack().nodes
     rng = random.Random(seed)
     on, off, on_early, off_early = [], [], [], []
     for identity in identities:
         scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
         model = personalised(kit, "nested", [subject_photo(identity, rng)])
-        model, recording = nodes.maps_nodes.RecordNestedAttention.execute(model, 8).args
+        model, recording = record_model(model, 8)
         sample(kit, model, scene.caption, rng.randrange(2**31))
         inside = torch.zeros(8, 8, dtype=torch.bool)
         row, column = POSITIONS[scene.position]

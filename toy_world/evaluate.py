@@ -19,10 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import comfy.sample
 import numpy as np
 import torch
 
-from nested_dev.comfy_env import load_pack
+from nested_attention.nodes.adapter_runtime import load_adapter
+from nested_attention.nodes.apply_subject import apply_subject
+from nested_attention.nodes.encode import encode_subject
+from nested_attention.nodes.text_encode import encode_prompt
 
 from .baselines import with_variant
 from .reader import PAIR, SINGLE, WorldReader, load_reader, read
@@ -51,17 +55,13 @@ def load_kit(weights: Path, adapters: dict[str, Path]) -> Toolkit:
 
 
 def load_adapters(paths: dict[str, Path]) -> dict:
-    runtime = load_pack().nodes.adapter_runtime
-    return {method: runtime.load_adapter(str(path), path.name) for method, path in paths.items()}
+    return {method: load_adapter(str(path), path.name) for method, path in paths.items()}
 
 
 def sample(kit: Toolkit, model, caption: str, seed: int) -> torch.Tensor:
     """One image [64, 64, 3] from the model through ComfyUI's sampler and VAE."""
-    import comfy.sample
-
-    nodes = load_pack().nodes
-    positive = nodes.text_node.NestedTextEncode.execute(kit.clip, caption).args[0]
-    negative = nodes.text_node.NestedTextEncode.execute(kit.clip, "").args[0]
+    positive = encode_prompt(kit.clip, caption)
+    negative = encode_prompt(kit.clip, "")
     latent = torch.zeros(1, 4, 8, 8)
     with torch.no_grad():
         samples = comfy.sample.sample(
@@ -91,13 +91,12 @@ def personalised(
     limited to a region mask."""
     if method == "none":
         return kit.model
-    nodes = load_pack().nodes
     adapter = kit.adapters[method]
     model = kit.model
     for number, photo in enumerate(references, start=1):
-        subject = nodes.subject_nodes.encode_subject(adapter, kit.vision, torch.from_numpy(photo)[None])
+        subject = encode_subject(adapter, kit.vision, torch.from_numpy(photo)[None])
         occurrence = number if len(references) > 1 else 0
-        model = nodes.apply_subject.apply_subject(
+        model = apply_subject(
             model,
             adapter,
             subject,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -27,14 +28,23 @@ import comfy.taesd.taesd
 import torch
 from safetensors.torch import load_file, save_file
 
-from nested_dev.tiny_models import UNET_COMMON, init_weights_
+from nested_attention.nested_train.config import TrainConfig
+from nested_attention.nested_train.frozen import FrozenParts
+from nested_attention.nested_train.init_weights import init_weights_
 
-WEIGHTS = Path(__file__).resolve().parent / "weights"
+from . import WEIGHTS
+
 LATENT_SCALE = 0.18215  # SD1.5's latent factor: ComfyUI multiplies VAE latents by it
 TEXT_WIDTH = 64
 VISION_WIDTH = 64
 UNET = dict(
-    UNET_COMMON,
+    in_channels=4,
+    out_channels=4,
+    use_spatial_transformer=True,
+    legacy=False,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
+    use_checkpoint=False,
     model_channels=64,
     channel_mult=[1, 2],
     num_res_blocks=[1, 1],
@@ -159,6 +169,20 @@ def load_toy(folder: Path = WEIGHTS):
     unet = load_file(folder / "unet.safetensors")
     vae = load_file(folder / "vae.safetensors")
     return build_unet({k: v.float() for k, v in unet.items()}), build_clip(), build_vae(vae)
+
+
+@dataclass(frozen=True)
+class ToyParts:
+    """The toy world's models as the trainer's frozen parts (a ``nested_train.frozen.FrozenPartsLoader``)."""
+
+    weights: Path = WEIGHTS
+
+    def problems(self, config: TrainConfig) -> list[str]:
+        missing = [n for n in ("unet.safetensors", "vae.safetensors") if not (self.weights / n).is_file()]
+        return [f"the toy world's {n} is not in {self.weights}" for n in missing]
+
+    def load(self, config: TrainConfig) -> FrozenParts:
+        return FrozenParts.of(*load_toy(self.weights), build_clip_vision())
 
 
 def save_weights(folder: Path, name: str, state: dict[str, torch.Tensor], dtype=torch.float16) -> Path:

@@ -12,12 +12,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from nested_dev.comfy_env import load_pack
+from nested_attention.nested_core.checkpoint import save_native
+from nested_attention.nested_train.config import TrainConfig
+from nested_attention.nested_train.loop import Trainer
 
 from . import figures
-from .baselines import patch_classes
+from .baselines import PATCH_CLASSES
 from .evaluate import METHODS, load_kit, single_subject_scores, two_subject_scores
-from .models import build_vae, save_weights, vae_state
+from .models import ToyParts, build_vae, save_weights, vae_state
 from .reader import accuracy, train_reader
 from .train_base import latent_pool, train_unet, train_vae
 from .world import WORD, random_scene, render, split_identities
@@ -61,7 +63,7 @@ def run_pipeline(settings: dict, weights: Path, results: Path, seed: int, log: C
     adapter_paths = {}
     with tempfile.TemporaryDirectory() as scratch:
         data = export_training_data(Path(scratch) / "data", train_ids, settings["photos_per_identity"], seed)
-        for method, cls in patch_classes().items():
+        for method, cls in PATCH_CLASSES.items():
             adapter_paths[method] = train_adapter(
                 method, cls, data, weights, Path(scratch) / method, settings, seed, log
             )
@@ -119,23 +121,17 @@ def train_adapter(
     seed: int,
     log: Callable[[str], None],
 ) -> Path:
-    from nested_train.config import TrainConfig
-    from nested_train.loop import Trainer
-
-    save_native = load_pack().nested_core.checkpoint.save_native
     config = TrainConfig(
         **ADAPTER_SETTINGS,
         data=str(data),
         class_word=WORD,
-        base=f"toy:{weights}",
-        clip_vision="toy",
         output=str(output),
         steps=settings["adapter_steps"],
         batch_size=settings["adapter_batch"],
         seed=seed,
     )
     log(f"training the {method} adapter ({config.steps} steps of {config.batch_size})")
-    trainer = Trainer(config, patch_class=patch_class)
+    trainer = Trainer(config, ToyParts(weights), patch_class=patch_class)
     trainer.train()
     target = weights / f"adapter_{method}.safetensors"
     save_native(target, trainer.adapter.config, trainer.adapter.state_dict(), dtype=torch.float16)

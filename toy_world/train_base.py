@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from nested_attention.nested_train.objective import diffusion_loss
+
 from .models import build_clip, build_unet, codec_taesd
 from .world import Identity, random_scene, render
 
@@ -71,8 +73,6 @@ def train_unet(
     log: Log = print,
 ):
     """eps-prediction diffusion on the latent pool, conditioned on the frozen random text encoder."""
-    from nested_train.objective import diffusion_loss
-
     torch.manual_seed(seed)
     rng = random.Random(seed)
     model = build_unet(seed=seed)

@@ -9,9 +9,9 @@ from torch import Tensor
 
 from ..adapter import AdapterConfig
 from ..errors import AdapterFileError
-from .ipadapter import LAYOUT as IP_ADAPTER_PLUS
+from .ipadapter import FILE_LAYOUT as IP_ADAPTER_PLUS
 from .ipadapter import is_ip_adapter, read_ip_adapter_plus
-from .native import LAYOUT as NATIVE
+from .native import FILE_LAYOUT as NATIVE
 from .native import is_native, read_native, save_native
 from .reader import RawCheckpoint, read_checkpoint
 
@@ -34,10 +34,10 @@ def load_adapter_checkpoint(path: "str | os.PathLike[str]") -> AdapterCheckpoint
     raw = read_checkpoint(path)
     if is_native(raw):
         config, state = read_native(raw)
-        layout = NATIVE
+        file_layout = NATIVE
     elif is_ip_adapter(raw):
         config, state = read_ip_adapter_plus(raw)
-        layout = IP_ADAPTER_PLUS
+        file_layout = IP_ADAPTER_PLUS
     else:
         raise AdapterFileError(
             raw.path,
@@ -45,7 +45,7 @@ def load_adapter_checkpoint(path: "str | os.PathLike[str]") -> AdapterCheckpoint
             f"a {NATIVE} or {IP_ADAPTER_PLUS} adapter",
             "Put only nested adapters in models/nested_adapters.",
         )
-    return AdapterCheckpoint(raw.path, layout, raw.container, config, state)
+    return AdapterCheckpoint(raw.path, file_layout, raw.container, config, state)
 
 
 _KNOWN_PREFIXES = (

@@ -20,7 +20,7 @@ from ..qformer import QFormerConfig
 from .reader import RawCheckpoint
 from .schema import check_names_and_shapes, load_finite, qformer_shapes, shape_of
 
-LAYOUT = "IP-Adapter-Plus"
+FILE_LAYOUT = "IP-Adapter-Plus"
 HEAD_DIM = 64
 _LAYER_NAME = re.compile(r"^ip_adapter\.(\d+)\.to_[kv]_ip\.weight$")
 _RESAMPLER_LAYER = re.compile(r"^image_proj\.layers\.(\d+)\.")
@@ -56,7 +56,7 @@ def read_ip_adapter_plus(raw: RawCheckpoint) -> tuple[AdapterConfig, dict[str, T
         n = ip_adapter_number(i)
         expected[f"ip_adapter.{n}.to_k_ip.weight"] = (width, config.context_dim)
         expected[f"ip_adapter.{n}.to_v_ip.weight"] = (width, config.context_dim)
-    check_names_and_shapes(raw, expected, LAYOUT)
+    check_names_and_shapes(raw, expected, FILE_LAYOUT)
 
     tensors = load_finite(raw)
     state = {
@@ -70,14 +70,14 @@ def read_ip_adapter_plus(raw: RawCheckpoint) -> tuple[AdapterConfig, dict[str, T
 
 
 def _infer_qformer(raw: RawCheckpoint) -> QFormerConfig:
-    _, queries, dim = shape_of(raw, "image_proj.latents", 3, LAYOUT)
-    _, in_dim = shape_of(raw, "image_proj.proj_in.weight", 2, LAYOUT)
-    out_dim, _ = shape_of(raw, "image_proj.proj_out.weight", 2, LAYOUT)
+    _, queries, dim = shape_of(raw, "image_proj.latents", 3, FILE_LAYOUT)
+    _, in_dim = shape_of(raw, "image_proj.proj_in.weight", 2, FILE_LAYOUT)
+    out_dim, _ = shape_of(raw, "image_proj.proj_out.weight", 2, FILE_LAYOUT)
     depth = 1 + max((int(m.group(1)) for m in map(_RESAMPLER_LAYER.match, raw.info) if m), default=-1)
     if depth == 0:
-        raise AdapterFileError(raw.path, "no resampler layers ('image_proj.layers.*')", f"the {LAYOUT} resampler")
-    inner, _ = shape_of(raw, "image_proj.layers.0.0.to_q.weight", 2, LAYOUT)
-    hidden, _ = shape_of(raw, "image_proj.layers.0.1.1.weight", 2, LAYOUT)
+        raise AdapterFileError(raw.path, "no resampler layers ('image_proj.layers.*')", f"the {FILE_LAYOUT} resampler")
+    inner, _ = shape_of(raw, "image_proj.layers.0.0.to_q.weight", 2, FILE_LAYOUT)
+    hidden, _ = shape_of(raw, "image_proj.layers.0.1.1.weight", 2, FILE_LAYOUT)
     if inner % HEAD_DIM:
         raise AdapterFileError(
             raw.path, f"a resampler attention width of {inner}", f"a multiple of the layout's head width {HEAD_DIM}"
@@ -107,7 +107,7 @@ def _infer_layer_dims(raw: RawCheckpoint) -> tuple[int, ...]:
             f"cross-attention layers numbered {_numbers(numbers)}",
             "layers numbered 1, 3, 5, ... without gaps ('ip_adapter.{n}.to_k_ip.weight')",
         )
-    return tuple(shape_of(raw, f"ip_adapter.{n}.to_k_ip.weight", 2, LAYOUT)[0] for n in numbers)
+    return tuple(shape_of(raw, f"ip_adapter.{n}.to_k_ip.weight", 2, FILE_LAYOUT)[0] for n in numbers)
 
 
 def _numbers(numbers: list[int]) -> str:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..adapter import AdapterConfig
 from ..errors import AdapterFileError
+from ..files import write_atomically
 from ..layers import LayerKey
 from ..qformer import QFormerConfig
 from .reader import RawCheckpoint
@@ -24,7 +25,7 @@ from .schema import check_names_and_shapes, load_finite, qformer_shapes, shape_o
 
 FORMAT_NAME = "nested-adapter"
 FORMAT_VERSION = 1
-LAYOUT = "native nested-adapter"
+FILE_LAYOUT = "native nested-adapter"
 DIFFUSERS_ORDER = "diffusers"
 _NESTED_NAME = re.compile(r"^nested\.(\d+)\.to_k\.weight$")
 
@@ -69,7 +70,7 @@ def read_native(raw: RawCheckpoint) -> tuple[AdapterConfig, dict[str, Tensor]]:
             )
 
     count = len([n for n in raw.info if _NESTED_NAME.match(n)])
-    dims = tuple(shape_of(raw, f"nested.{i}.to_k.weight", 2, LAYOUT)[0] for i in range(count))
+    dims = tuple(shape_of(raw, f"nested.{i}.to_k.weight", 2, FILE_LAYOUT)[0] for i in range(count))
     config = AdapterConfig(
         qformer=qformer,
         layer_dims=dims,
@@ -81,7 +82,7 @@ def read_native(raw: RawCheckpoint) -> tuple[AdapterConfig, dict[str, Tensor]]:
         raise AdapterFileError(
             raw.path, "no nested layers ('nested.{i}.to_k.weight')", "one layer per cross-attention layer"
         )
-    check_names_and_shapes(raw, expected_shapes(config), LAYOUT)
+    check_names_and_shapes(raw, expected_shapes(config), FILE_LAYOUT)
     return config, load_finite(raw)
 
 
@@ -125,16 +126,13 @@ def save_native(
     for name, tensor in state_dict.items():
         tensor = tensor.detach().to("cpu")
         tensors[name] = (tensor.to(dtype) if dtype is not None else tensor).contiguous()
-    path = os.fspath(path)
-    partial = path + ".partial"
-    save_file(tensors, partial, metadata=metadata_for(config))
-    os.replace(partial, path)
+    write_atomically(path, lambda partial: save_file(tensors, partial, metadata=metadata_for(config)))
 
 
 def _field(raw: RawCheckpoint, name: str) -> str:
     if name not in raw.metadata:
         raise AdapterFileError(
-            raw.path, f"no '{name}' metadata", f"the metadata of the {LAYOUT} format (docs/FORMAT.md)"
+            raw.path, f"no '{name}' metadata", f"the metadata of the {FILE_LAYOUT} format (docs/FORMAT.md)"
         )
     return raw.metadata[name]
 

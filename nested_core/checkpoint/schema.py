@@ -49,14 +49,14 @@ def qformer_shapes(config: QFormerConfig, prefix: str) -> dict[str, tuple[int, .
     return {prefix + name: shape for name, shape in shapes.items()}
 
 
-def check_names_and_shapes(raw: RawCheckpoint, expected: Mapping[str, tuple[int, ...]], layout: str) -> None:
+def check_names_and_shapes(raw: RawCheckpoint, expected: Mapping[str, tuple[int, ...]], file_layout: str) -> None:
     """Every expected tensor present with its shape and a floating dtype; nothing else present."""
     missing = [name for name in expected if name not in raw.info]
     if missing:
         raise AdapterFileError(
             raw.path,
             f"{len(missing)} missing tensor(s): {_listing(missing)}",
-            f"every tensor of the {layout} layout",
+            f"every tensor of the {file_layout} layout",
             "The file is incomplete or of another kind.",
         )
     unexpected = [name for name in raw.info if name not in expected]
@@ -64,7 +64,7 @@ def check_names_and_shapes(raw: RawCheckpoint, expected: Mapping[str, tuple[int,
         raise AdapterFileError(
             raw.path,
             f"{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}",
-            f"only the tensors of the {layout} layout",
+            f"only the tensors of the {file_layout} layout",
         )
     for name, shape in expected.items():
         found = raw.info[name]
@@ -72,7 +72,7 @@ def check_names_and_shapes(raw: RawCheckpoint, expected: Mapping[str, tuple[int,
             raise AdapterFileError(
                 raw.path,
                 f"tensor '{name}' of shape {list(found.shape)}",
-                f"shape {list(shape)} for the {layout} layout",
+                f"shape {list(shape)} for the {file_layout} layout",
             )
         if not (isinstance(found.dtype, torch.dtype) and found.dtype.is_floating_point):
             raise AdapterFileError(
@@ -104,16 +104,16 @@ def load_finite(raw: RawCheckpoint) -> dict[str, Tensor]:
     return tensors
 
 
-def shape_of(raw: RawCheckpoint, name: str, rank: int, layout: str) -> tuple[int, ...]:
+def shape_of(raw: RawCheckpoint, name: str, rank: int, file_layout: str) -> tuple[int, ...]:
     """The shape of a tensor the layout needs, with an error if it is absent or of another rank."""
     if name not in raw.info:
-        raise AdapterFileError(raw.path, f"a missing tensor '{name}'", f"every tensor of the {layout} layout")
+        raise AdapterFileError(raw.path, f"a missing tensor '{name}'", f"every tensor of the {file_layout} layout")
     shape = raw.info[name].shape
     if len(shape) != rank or min(shape, default=1) <= 0:
         raise AdapterFileError(
             raw.path,
             f"tensor '{name}' of shape {list(shape)}",
-            f"a non-empty {rank}-dimensional tensor for the {layout} layout",
+            f"a non-empty {rank}-dimensional tensor for the {file_layout} layout",
         )
     return shape
 

@@ -14,14 +14,17 @@ from graph import Graph, run_prompt
 from PIL import Image
 from train_data import make_dataset
 
-from nested_core import load_adapter_checkpoint
+from nested_attention.nested_core import load_adapter_checkpoint
+from nested_attention.nested_train.dataset import DatasetError
+from nested_attention.nested_train.loop import Trainer
 from nested_dev.comfy_env import PACK_ROOT
 from nested_dev.comfy_server import free_port
 from nested_dev.dev_nodes import CAPTURED
+from nested_dev.tiny_models import TinyParts
+
+TINY_PARTS = TinyParts("sd15")
 
 TINY = dict(
-    base="tiny:sd15",
-    clip_vision="tiny",
     class_word="dog",
     caption_template="a photo of a {word}",
     resolution=64,
@@ -40,7 +43,7 @@ TINY = dict(
 
 
 def config(tmp_path, **changes):
-    from nested_train.config import TrainConfig
+    from nested_attention.nested_train.config import TrainConfig
 
     data = tmp_path / "data"
     if not data.exists():
@@ -59,9 +62,7 @@ def evaluation_loss(trainer) -> float:
 
 
 def test_training_lowers_the_loss_and_writes_logs_checkpoints_and_samples(pack, tmp_path):
-    from nested_train.loop import Trainer
-
-    trainer = Trainer(config(tmp_path, steps=40, lr=1e-2, sample_every=40, sample_steps=2))
+    trainer = Trainer(config(tmp_path, steps=40, lr=1e-2, sample_every=40, sample_steps=2), TINY_PARTS)
     before = evaluation_loss(trainer)
     assert evaluation_loss(trainer) == before, "the evaluation must be deterministic"
     adapter = trainer.train()
@@ -80,13 +81,11 @@ def test_training_lowers_the_loss_and_writes_logs_checkpoints_and_samples(pack, 
 
 
 def test_resuming_gives_exactly_the_uninterrupted_run(pack, tmp_path):
-    from nested_train.loop import Trainer
-
-    straight = Trainer(config(tmp_path / "a", steps=6))
+    straight = Trainer(config(tmp_path / "a", steps=6), TINY_PARTS)
     straight.train()
-    first = Trainer(config(tmp_path / "b", steps=3))
+    first = Trainer(config(tmp_path / "b", steps=3), TINY_PARTS)
     first.train()
-    resumed = Trainer(config(tmp_path / "b", steps=6), resume=True)
+    resumed = Trainer(config(tmp_path / "b", steps=6), TINY_PARTS, resume=True)
     assert resumed.step == 3
     resumed.train()
     for (name, a), (_, b) in zip(straight.adapter.state_dict().items(), resumed.adapter.state_dict().items()):
@@ -96,15 +95,13 @@ def test_resuming_gives_exactly_the_uninterrupted_run(pack, tmp_path):
         for field in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(states_a[key][field], states_b[key][field]), (key, field)
     with pytest.raises(ValueError, match=r"(?s)differ from the checkpoint's.*lr: 0.003 -> 0.001.*seed: 0 -> 1"):
-        Trainer(config(tmp_path / "b", steps=9, lr=1e-3, seed=1), resume=True)
+        Trainer(config(tmp_path / "b", steps=9, lr=1e-3, seed=1), TINY_PARTS, resume=True)
 
 
 def test_accumulating_micro_batches_trains_the_same_adapter(pack, tmp_path):
-    from nested_train.loop import Trainer
-
-    whole = Trainer(config(tmp_path / "a", steps=2, batch_size=4))
+    whole = Trainer(config(tmp_path / "a", steps=2, batch_size=4), TINY_PARTS)
     whole.train()
-    halves = Trainer(config(tmp_path / "b", steps=2, batch_size=4, accumulate=2))
+    halves = Trainer(config(tmp_path / "b", steps=2, batch_size=4, accumulate=2), TINY_PARTS)
     halves.train()
     for (name, a), (_, b) in zip(whole.adapter.state_dict().items(), halves.adapter.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
@@ -124,7 +121,8 @@ def test_two_process_ddp_matches_one_process(pack, tmp_path):
             "--master_addr=127.0.0.1",
             f"--master_port={free_port()}",
             "-m",
-            "nested_train",
+            "nested_dev.tiny_train",
+            "sd15",
             "--config",
             str(path),
         ]
@@ -143,9 +141,7 @@ def test_two_process_ddp_matches_one_process(pack, tmp_path):
 
 
 def test_the_trained_adapter_loads_in_the_node_and_changes_the_image(pack, assets, tmp_path):
-    from nested_train.loop import Trainer
-
-    trainer = Trainer(config(tmp_path, steps=2))
+    trainer = Trainer(config(tmp_path, steps=2), TINY_PARTS)
     trained = trainer.train()
     target = assets / "nested_adapters" / "trained_dog.safetensors"
     target.write_bytes(trained.read_bytes())
@@ -189,20 +185,43 @@ def test_the_trained_adapter_loads_in_the_node_and_changes_the_image(pack, asset
 
 
 def test_starting_from_an_ip_adapter_plus_file(pack, assets, tmp_path):
-    from nested_train.loop import Trainer
-
     start = assets / "nested_adapters" / "sd15_ipa_plus.safetensors"
-    trainer = Trainer(config(tmp_path, steps=1, init_adapter=str(start)))
+    trainer = Trainer(config(tmp_path, steps=1, init_adapter=str(start)), TINY_PARTS)
     source = load_adapter_checkpoint(start).state_dict
     for name, value in trainer.adapter.state_dict().items():
         assert torch.equal(value, source[name].float()), name
     trainer.train()
 
 
-def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
-    from nested_train.dataset import DatasetError
-    from nested_train.loop import Trainer
+class SpyParts:
+    """A frozen-parts loader that notes whether the trainer asked it for the models."""
 
+    def __init__(self, problems=()):
+        self.loaded = False
+        self._problems = list(problems)
+
+    def problems(self, config):
+        return self._problems
+
+    def load(self, config):
+        self.loaded = True
+        return TINY_PARTS.load(config)
+
+
+def test_settings_the_loader_cannot_use_are_reported_before_the_data_is_read(pack, tmp_path):
+    from nested_attention.nested_train.frozen import CheckpointFiles
+
+    with pytest.raises(ValueError, match=r"(?s)base is not set.*clip_vision: /nowhere/v.safetensors does not exist"):
+        Trainer(
+            config(tmp_path, data=str(tmp_path / "missing"), clip_vision="/nowhere/v.safetensors"), CheckpointFiles()
+        )
+    spy = SpyParts(["the tiny model is broken"])
+    with pytest.raises(ValueError, match="the tiny model is broken"):
+        Trainer(config(tmp_path), spy)
+    assert not spy.loaded
+
+
+def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
     data = make_dataset(tmp_path / "data", subjects=3)
     (data / "subject_0" / "1.png").write_bytes(b"")
     (data / "subject_0" / "2.png").write_text("not an image")
@@ -213,8 +232,9 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
     empty = data / "subject_3"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
+    spy = SpyParts()
     with pytest.raises(DatasetError) as error:
-        Trainer(config(tmp_path, data=str(data)))
+        Trainer(config(tmp_path, data=str(data)), spy)
     text = str(error.value)
     for expected in (
         "subject_0/1.png: empty file",
@@ -226,5 +246,6 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
         "subject 'subject_3' has no usable image",
     ):
         assert expected in text, expected
+    assert not spy.loaded, "no model may be loaded before the data is checked"
     with pytest.raises(DatasetError, match="class word: token 'ohwx dog' is 2 CLIP tokens"):
-        Trainer(config(tmp_path, data=str(data), class_word="ohwx dog"))
+        Trainer(config(tmp_path, data=str(data), class_word="ohwx dog"), TINY_PARTS)

@@ -11,7 +11,18 @@ import torch
 from graph import Graph, GraphError, run_prompt
 
 import nodes as comfy_nodes
-from nested_core import build_adapter, load_adapter_checkpoint
+from nested_attention.nested_core import build_adapter, load_adapter_checkpoint
+from nested_attention.nested_core.adapter import AdapterConfig, fingerprint
+from nested_attention.nested_core.checkpoint import save_native
+from nested_attention.nested_core.errors import NestedAttentionError
+from nested_attention.nested_core.layers import LayerKey
+from nested_attention.nested_core.qformer import QFormerConfig
+from nested_attention.nested_core.subject import load_subject
+from nested_attention.nodes.adapter_runtime import load_adapter
+from nested_attention.nodes.contract import REGISTRY_KEY
+from nested_attention.nodes.encode import encode_subject
+from nested_attention.nodes.model_layers import attn2_sites
+from nested_attention.nodes.sampling import NestedRun
 from nested_dev import tiny_models
 from nested_dev.dev_nodes import CAPTURED
 
@@ -31,8 +42,8 @@ def sample(model, kind, text_seed=1, steps=2, cfg=5.0):
 
 
 def applied(pack, assets, kind="sd15", adapter="person", subject="person_s1", **kw):
-    adapter = pack.nodes.adapter_runtime.load_adapter(str(assets / "nested_adapters" / f"{kind}_{adapter}.safetensors"))
-    subject = pack.nested_core.subject.load_subject(str(assets / "nested_subjects" / f"{kind}_{subject}.safetensors"))
+    adapter = load_adapter(str(assets / "nested_adapters" / f"{kind}_{adapter}.safetensors"))
+    subject = load_subject(str(assets / "nested_subjects" / f"{kind}_{subject}.safetensors"))
     model = tiny_models.build_unet(kind, seed=0)
     options = dict(token="person", weight=1.0, start_at=0.0, end_at=1.0) | kw
     return model, node("ApplyNestedAttention").execute(model, adapter, subject, **options).args[0], adapter, subject
@@ -51,7 +62,7 @@ def test_the_input_model_is_never_modified(pack, assets):
 
 def test_a_clone_shares_subject_tensors_and_later_patches_do_not_leak_back(pack, assets):
     _, patched, _, _ = applied(pack, assets)
-    registry_key = pack.nodes.registry.REGISTRY_KEY
+    registry_key = REGISTRY_KEY
     clone = patched.clone()
     assert (
         clone.model_options["transformer_options"][registry_key][0]
@@ -66,18 +77,18 @@ def test_a_clone_shares_subject_tensors_and_later_patches_do_not_leak_back(pack,
 def test_nested_keys_and_values_are_computed_once_per_device_and_dtype(pack, assets, monkeypatch):
     _, patched, adapter, _ = applied(pack, assets)
     runs = []
-    original_init = pack.nodes.sampling.NestedRun.__init__
+    original_init = NestedRun.__init__
 
     def spy(self, registry):
         original_init(self, registry)
         runs.append(self)
 
-    monkeypatch.setattr(pack.nodes.sampling.NestedRun, "__init__", spy)
+    monkeypatch.setattr(NestedRun, "__init__", spy)
     projections = []
     monkeypatch.setattr(type(adapter), "project", lambda self, tokens: projections.append(1))
     sample(patched, "sd15", steps=3)
     assert len(runs) == 1 and not projections
-    assert len(runs[0]._kv) == len(pack.nodes.model_layers.attn2_sites(patched))
+    assert len(runs[0]._kv) == len(attn2_sites(patched))
 
 
 @pytest.mark.parametrize(
@@ -90,8 +101,39 @@ def test_nested_keys_and_values_are_computed_once_per_device_and_dtype(pack, ass
     ],
 )
 def test_apply_refuses_bad_inputs_before_sampling(pack, assets, inputs, message):
-    with pytest.raises(pack.nested_core.errors.NestedAttentionError, match=message):
+    with pytest.raises(NestedAttentionError, match=message):
         applied(pack, assets, **inputs)
+
+
+def test_a_word_of_two_tokens_fails_validation_before_any_node_runs(pack, assets):
+    """validate_inputs: the prompt is refused as a whole, naming the input, and not even the loaders run."""
+    from nested_dev.headless import execute
+
+    g = Graph()
+    tiny = g.add("NestedDevTinyCheckpoint", kind="sd15", seed=0)
+    adapter = g.add("LoadNestedAdapter", adapter_name="sd15_person.safetensors")
+    subject = g.add("LoadNestedSubject", subject_name="sd15_person_s1.safetensors")
+    model = g.add(
+        "ApplyNestedAttention",
+        model=tiny[0],
+        adapter=adapter[0],
+        subject=subject[0],
+        token="ohwx man",
+        weight=1.0,
+        start_at=0.0,
+        end_at=1.0,
+    )
+    positive = g.add("NestedTextEncode", clip=tiny[1], text="a photo of ohwx man")
+    latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = g.sample(model[0], positive[0], positive[0], latent[0], seed=1, steps=1, cfg=1.0)
+    g.add("NestedDevCapture", value=sampled[0], label="never")
+    CAPTURED.pop("never", None)
+    with pytest.raises(ValueError) as error:
+        execute(g.prompt, "validation")
+    report = str(error.value)
+    assert "'class_type': 'ApplyNestedAttention'" in report and "'input_name': 'token'" in report
+    assert "token 'ohwx man' is 2 CLIP tokens ('ohwx', 'man')" in report
+    assert "never" not in CAPTURED
 
 
 def test_apply_refuses_an_adapter_for_another_base_model(pack, assets):
@@ -115,10 +157,10 @@ def test_apply_refuses_an_adapter_for_another_base_model(pack, assets):
 
 
 def test_apply_refuses_a_subject_of_another_adapter_and_overlapping_tokens(pack, assets):
-    with pytest.raises(pack.nested_core.errors.NestedAttentionError, match="another adapter's Q-Former"):
+    with pytest.raises(NestedAttentionError, match="another adapter's Q-Former"):
         applied(pack, assets, subject="dog_s1")
     _, patched, adapter, subject = applied(pack, assets)
-    with pytest.raises(pack.nested_core.errors.NestedAttentionError, match="occurrence to 1 and 2"):
+    with pytest.raises(NestedAttentionError, match="occurrence to 1 and 2"):
         node("ApplyNestedAttention").execute(patched, adapter, subject, "person", 1.0, 0.0, 1.0, occurrence=2)
 
 
@@ -152,13 +194,12 @@ def test_a_prompt_not_encoded_with_nested_text_encode_warns(pack, assets, caplog
 
 
 def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, assets, tmp_path, caplog):
-    core = pack.nested_core
     full = load_adapter_checkpoint(assets / "nested_adapters" / "sd15_person.safetensors")
     keep = [0, 2, 4]
-    config = core.adapter.AdapterConfig(
-        qformer=core.qformer.QFormerConfig(**full.config.qformer.to_dict()),
+    config = AdapterConfig(
+        qformer=QFormerConfig(**full.config.qformer.to_dict()),
         layer_dims=tuple(full.config.layer_dims[i] for i in keep),
-        layer_keys=tuple(core.layers.LayerKey(*full.config.layer_keys[i]) for i in keep),
+        layer_keys=tuple(LayerKey(*full.config.layer_keys[i]) for i in keep),
         base_family="pruned",
         class_word="person",
     )
@@ -167,9 +208,9 @@ def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, ass
         state[f"nested.{new}.to_k.weight"] = full.state_dict[f"nested.{old}.to_k.weight"]
         state[f"nested.{new}.to_v.weight"] = full.state_dict[f"nested.{old}.to_v.weight"]
     path = tmp_path / "pruned.safetensors"
-    core.checkpoint.save_native(path, config, state)
-    adapter = pack.nodes.adapter_runtime.load_adapter(str(path))
-    subject = pack.nested_core.subject.load_subject(str(assets / "nested_subjects" / "sd15_person_s1.safetensors"))
+    save_native(path, config, state)
+    adapter = load_adapter(str(path))
+    subject = load_subject(str(assets / "nested_subjects" / "sd15_person_s1.safetensors"))
     with caplog.at_level(logging.WARNING):
         patched = (
             node("ApplyNestedAttention")
@@ -177,7 +218,7 @@ def test_layers_missing_from_the_adapter_are_reported_once_and_skipped(pack, ass
             .args[0]
         )
     assert sum("has no weights for 4 of the model's 7" in r.getMessage() for r in caplog.records) == 1
-    registry = patched.model_options["transformer_options"][pack.nodes.registry.REGISTRY_KEY]
+    registry = patched.model_options["transformer_options"][REGISTRY_KEY]
     assert [str(k) for k in registry[0].layers] == [str(config.layer_keys[i]) for i in range(3)]
     assert torch.isfinite(sample(patched, "sd15")).all()
 
@@ -230,7 +271,7 @@ def test_encode_node_runs_the_q_former_on_clip_penultimate_features(pack, assets
     )
     torch.testing.assert_close(subject.tokens.double(), reference, rtol=1e-4, atol=1e-5)
     assert subject.num_images == 2 and subject.combine == combine
-    assert subject.adapter_fingerprint == pack.nested_core.adapter.fingerprint(checkpoint.config, checkpoint.state_dict)
+    assert subject.adapter_fingerprint == fingerprint(checkpoint.config, checkpoint.state_dict)
 
 
 def test_an_all_ones_mask_keeps_the_photo_and_a_partial_mask_changes_it(pack, assets):
@@ -238,8 +279,8 @@ def test_an_all_ones_mask_keeps_the_photo_and_a_partial_mask_changes_it(pack, as
     plain = CAPTURED["subject"].tokens
     run_prompt(encode_graph("sd15", mask=True).prompt)
     torch.testing.assert_close(CAPTURED["subject"].tokens, plain)
-    encode = pack.nodes.subject_nodes.encode_subject
-    adapter = pack.nodes.adapter_runtime.load_adapter(str(assets / "nested_adapters" / "sd15_person.safetensors"))
+    encode = encode_subject
+    adapter = load_adapter(str(assets / "nested_adapters" / "sd15_person.safetensors"))
     image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(0))
     half = torch.zeros(1, 32, 32)
     half[:, :, :16] = 1
@@ -248,9 +289,9 @@ def test_an_all_ones_mask_keeps_the_photo_and_a_partial_mask_changes_it(pack, as
 
 
 def test_encode_refuses_an_empty_batch_and_a_clip_vision_of_another_width(pack, assets):
-    encode = pack.nodes.subject_nodes.encode_subject
-    errors = pack.nested_core.errors.NestedAttentionError
-    adapter = pack.nodes.adapter_runtime.load_adapter(str(assets / "nested_adapters" / "sd15_person.safetensors"))
+    encode = encode_subject
+    errors = NestedAttentionError
+    adapter = load_adapter(str(assets / "nested_adapters" / "sd15_person.safetensors"))
     with pytest.raises(errors, match="expected at least one photo"):
         encode(adapter, tiny_models.build_clip_vision(0), torch.zeros(0, 32, 32, 3))
     wide = tiny_models.build_clip_vision(0)

@@ -12,19 +12,20 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from nested_dev.comfy_env import PACK_ROOT
 
-BROWSER_DIR = PACK_ROOT / "tests" / "browser"
+BROWSER_DIR = Path(__file__).resolve().parent / "browser"
 ARTIFACTS = PACK_ROOT / "test_artifacts"
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
 @pytest.mark.skipif(
     not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir() or shutil.which("node") is None,
-    reason="playwright-core is not installed (cd tests/browser && npm install)",
+    reason="playwright-core is not installed (cd tests/runtime/browser && npm install)",
 )
 def test_maps_view_highlights_and_warning_in_chromium(pack, tmp_path):
     pytest.importorskip("aiohttp", reason="the server needs the packages of dev-requirements.txt")

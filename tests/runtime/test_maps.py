@@ -6,8 +6,8 @@ import torch
 from graph import Graph, run_prompt
 from reference_math import nested_attention_reference
 
-from nested_core.attention import TokenPositions
-from nested_core.maps import (
+from nested_attention.nested_core.attention import TokenPositions
+from nested_attention.nested_core.maps import (
     nested_token_weights,
     pca_rgb,
     per_query_values,
@@ -16,6 +16,8 @@ from nested_core.maps import (
     source_heatmap,
     subject_attention,
 )
+from nested_attention.nodes.maps_render import source_at
+from nested_attention.nodes.recording import Recording
 from nested_dev.dev_nodes import CAPTURED
 
 
@@ -131,7 +133,7 @@ def test_maps_from_a_recorded_run(pack, assets):
 
 def test_recording_changes_nothing_in_the_image_and_costs_nothing_when_absent(pack, assets, monkeypatch):
     calls = []
-    recording_cls = pack.nodes.recording.Recording
+    recording_cls = Recording
     original = recording_cls.record
     monkeypatch.setattr(recording_cls, "record", lambda self, *a, **k: (calls.append(1), original(self, *a, **k)))
     run_prompt(maps_graph(mask=False, record=False).prompt)
@@ -154,6 +156,6 @@ def test_source_map_of_the_node_sums_to_one(pack, assets):
     run_prompt(maps_graph(mask=False).prompt)
     recording = CAPTURED["maps:recording"]
     weights = recording.averaged(0, ("input", "middle", "output"), 0, 3)[0, 1:]
-    heat, photo = pack.nodes.maps_nodes._source(weights, recording.registry[0], 0.25, 0.5)
+    heat, photo = source_at(weights, recording.registry[0], 0.25, 0.5)
     assert photo == 0 and heat.shape == (4, 4)
     torch.testing.assert_close(heat.sum(), torch.tensor(1.0))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy_world.models import WEIGHTS
+from nested_attention.nested_core.attention import NestedSubject, TokenPositions
+from nested_attention.nested_core.checkpoint import load_adapter_checkpoint
+from nested_attention.nested_core.layers import LayerKey
+from toy_world import WEIGHTS
 
 COMMITTED = (WEIGHTS / "adapter_nested.safetensors").is_file()
 
@@ -41,7 +44,7 @@ def test_committed_models_load_with_comfyuis_classes(pack):
     model, clip, vae = load_toy()
     assert isinstance(model.model.model_config, comfy.supported_models.SD15)
     assert isinstance(vae.first_stage_model, comfy.taesd.taesd.TAESD)
-    checkpoint = pack.nested_core.checkpoint.load_adapter_checkpoint(WEIGHTS / "adapter_nested.safetensors")
+    checkpoint = load_adapter_checkpoint(WEIGHTS / "adapter_nested.safetensors")
     assert checkpoint.config.class_word == "creature"
 
 
@@ -69,9 +72,8 @@ def test_the_baselines_compute_their_formulas(pack):
     word's value becomes V + w·m·(mean V~ − V). Both against float64 references."""
     from reference_math import nested_attention_reference, plain_attention_reference
 
-    from toy_world.baselines import patch_classes
+    from toy_world.baselines import PATCH_CLASSES as classes
 
-    attention = pack.nested_core.attention
     gen = torch.Generator().manual_seed(5)
     q, k, v = (
         torch.randn(2, 5, 8, generator=gen),
@@ -80,10 +82,9 @@ def test_the_baselines_compute_their_formulas(pack):
     )
     keys, values = torch.randn(1, 3, 8, generator=gen), torch.randn(1, 3, 8, generator=gen)
     mask = torch.rand(1, 5, generator=gen)
-    subject = attention.NestedSubject(keys, values, attention.TokenPositions.from_lists([[1], []]), 0.7, mask)
+    subject = NestedSubject(keys, values, TokenPositions.from_lists([[1], []]), 0.7, mask)
     plain = plain_attention_reference(q, k, v, 2)
-    layer = pack.nested_core.layers.LayerKey("input", 4, 0)
-    classes = patch_classes()
+    layer = LayerKey("input", 4, 0)
 
     decoupled = classes["decoupled"](layer).combine(q, k, v, 2, [subject], plain.float())
     v_star = nested_attention_reference(

@@ -9,7 +9,7 @@ import torch
 from reference_math import nested_attention_reference, plain_attention_reference
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nested_core.attention import NestedSubject, TokenPositions, nested_attention, plain_attention
+from nested_attention.nested_core.attention import NestedSubject, TokenPositions, nested_attention, plain_attention
 
 
 def relative_error(fast: torch.Tensor, reference: torch.Tensor) -> float:

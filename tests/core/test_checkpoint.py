@@ -10,10 +10,17 @@ import torch
 from core_factories import IPA_QFORMER, ip_adapter_state, random_adapter, write_ip_adapter
 from safetensors.torch import save_file
 
-from nested_core import AdapterFileError, LayerKey, build_adapter, fingerprint, load_adapter_checkpoint, save_native
-from nested_core.checkpoint import IP_ADAPTER_PLUS, NATIVE
-from nested_core.convert import main as convert_main
-from nested_core.subject import SubjectTokens, load_subject, save_subject
+from nested_attention.nested_core import (
+    AdapterFileError,
+    LayerKey,
+    build_adapter,
+    fingerprint,
+    load_adapter_checkpoint,
+    save_native,
+)
+from nested_attention.nested_core.checkpoint import IP_ADAPTER_PLUS, NATIVE
+from nested_attention.nested_core.convert import main as convert_main
+from nested_attention.nested_core.subject import SubjectTokens, load_subject, save_subject
 
 KEYS = (LayerKey("input", 1, 0), LayerKey("output", 3, 0), LayerKey("middle", 0, 0))
 
@@ -130,7 +137,7 @@ def test_native_metadata_problems_are_refused(tmp_path):
     path = tmp_path / "native.safetensors"
     save_native(path, adapter.config, adapter.state_dict())
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
-    from nested_core.checkpoint.native import metadata_for
+    from nested_attention.nested_core.checkpoint.native import metadata_for
 
     cases = {
         "format_version": ("2", "newer release"),

@@ -7,7 +7,8 @@ import re
 import comfy.utils
 import pytest
 
-from nested_core import LayerKey, NestedAttentionError, SiteShape, bind_layers, diffusers_order
+from nested_attention.nested_core import LayerKey, NestedAttentionError, SiteShape, bind_layers, diffusers_order
+from nested_attention.nodes.model_layers import attn2_sites
 from nested_dev import tiny_models
 
 # The real SD1.5 / SDXL UNet structure (block and transformer depths) at a small width.
@@ -54,7 +55,7 @@ def diffusers_processor_rank(name: str) -> tuple:
 @pytest.mark.parametrize("kind,count", [("sd15", 16), ("sdxl", 70)])
 def test_sites_and_order_match_comfyuis_diffusers_mapping(pack, kind, count):
     model = tiny_models.build_unet(kind, unet=REAL_STRUCTURE[kind])
-    sites = pack.nodes.model_layers.attn2_sites(model)
+    sites = attn2_sites(model)
     assert len(sites) == count
     assert all(key.block != "middle" or key.number == 0 for key in sites)
     assert {s.context_dim for s in sites.values()} == {REAL_STRUCTURE[kind]["context_dim"]}
@@ -72,7 +73,7 @@ def test_sites_and_order_match_comfyuis_diffusers_mapping(pack, kind, count):
 
     names = {key: by_path[comfy_path(key)] for key in sites}
     expected = sorted(sites, key=lambda key: diffusers_processor_rank(names[key]))
-    ours = pack.nested_core.layers.diffusers_order(sites)
+    ours = diffusers_order(sites)
     assert [str(k) for k in ours] == [str(k) for k in expected]
     assert str(ours[0]) == ("input.1.0" if kind == "sd15" else "input.4.0")
     assert names[ours[-1]].startswith("mid_block")

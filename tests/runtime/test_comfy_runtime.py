@@ -8,6 +8,7 @@ import pytest
 import torch
 from comfy.ldm.modules.attention import optimized_attention
 
+from nested_attention.nodes.model_layers import attn2_sites
 from nested_dev import tiny_models
 
 
@@ -22,7 +23,7 @@ def sample(model, kind, steps=3, cfg=5.0, seed=0, batch=1, positive=None, negati
 @pytest.mark.parametrize("kind,count", [("sd15", 7), ("sdxl", 11)])
 def test_pass_through_attn2_replacement_on_every_layer_equals_the_unpatched_run(pack, kind, count):
     model = tiny_models.build_unet(kind, seed=3)
-    sites = pack.nodes.model_layers.attn2_sites(model)
+    sites = attn2_sites(model)
     assert len(sites) == count
     calls = []
 

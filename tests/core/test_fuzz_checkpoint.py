@@ -12,7 +12,7 @@ import pytest
 import torch
 from core_factories import IPA_QFORMER, TINY_QFORMER, random_adapter, write_ip_adapter
 
-from nested_core import AdapterFileError, LayerKey, build_adapter, load_adapter_checkpoint, save_native
+from nested_attention.nested_core import AdapterFileError, LayerKey, build_adapter, load_adapter_checkpoint, save_native
 
 MUTANTS_PER_SOURCE = 80
 
