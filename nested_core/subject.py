@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .checkpoint.reader import read_checkpoint
-from .checkpoint.schema import load_finite
+from .checkpoint.schema import load_finite, whole_number
 from .errors import AdapterFileError
 from .files import write_atomically
 
@@ -65,7 +65,12 @@ def load_subject(path: "str | os.PathLike[str]") -> SubjectTokens:
             f"a file with format={meta.get('format')!r}",
             f"a subject file (format='{FORMAT_NAME}') written by the Save Subject node",
         )
-    if not meta.get("format_version", "").isdigit() or int(meta["format_version"]) > FORMAT_VERSION:
+    version = whole_number(meta.get("format_version", ""))
+    if version is None:
+        raise AdapterFileError(
+            raw.path, f"format_version {meta.get('format_version')!r}", "a version number (ASCII digits)"
+        )
+    if version > FORMAT_VERSION:
         raise AdapterFileError(
             raw.path,
             f"format_version {meta.get('format_version')!r}",
@@ -79,12 +84,16 @@ def load_subject(path: "str | os.PathLike[str]") -> SubjectTokens:
             found,
             "a float tensor 'tokens' [1, T, C], optionally with 'patch_maps' [T, g, g] and 'token_photo' [T]",
         )
+    num_images = whole_number(meta.get("num_images", "1"))
+    if num_images is None:
+        raise AdapterFileError(
+            raw.path, f"metadata num_images={meta['num_images']!r}", "a whole number of images (ASCII digits)"
+        )
     tensors = load_finite(raw)
-    num_images = meta.get("num_images", "1")
     return SubjectTokens(
         tokens=tensors["tokens"].float(),
         adapter_fingerprint=meta.get("adapter_fingerprint", ""),
-        num_images=int(num_images) if num_images.isdigit() else 1,
+        num_images=num_images,
         combine=meta.get("combine", "average"),
         patch_maps=tensors["patch_maps"].float() if "patch_maps" in tensors else None,
         token_photo=tensors["token_photo"].long() if "token_photo" in tensors else None,

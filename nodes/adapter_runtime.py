@@ -74,5 +74,5 @@ def load_adapter(path: str, name: Optional[str] = None) -> LoadedAdapter:
         fingerprint=fingerprint(checkpoint.config, checkpoint.state_dict),
         patcher=patcher,
     )
-    log.info("Nested Attention: loaded %s as a %s file: %s", adapter.name, adapter.format, adapter.config.describe())
+    log.info("Nested Attention: loaded %s (%s): %s", adapter.name, adapter.format, adapter.config.describe())
     return adapter

@@ -21,7 +21,7 @@ from ..files import write_atomically
 from ..layers import LayerKey
 from ..qformer import QFormerConfig
 from .reader import RawCheckpoint
-from .schema import check_names_and_shapes, load_finite, qformer_shapes, shape_of
+from .schema import check_names_and_shapes, load_finite, qformer_shapes, shape_of, whole_number
 
 FORMAT_NAME = "nested-adapter"
 FORMAT_VERSION = 1
@@ -139,9 +139,10 @@ def _field(raw: RawCheckpoint, name: str) -> str:
 
 def _integer(raw: RawCheckpoint, name: str) -> int:
     text = _field(raw, name)
-    if not text.isdigit():
-        raise AdapterFileError(raw.path, f"metadata {name}={text!r}", "a positive integer")
-    return int(text)
+    value = whole_number(text)
+    if value is None:
+        raise AdapterFileError(raw.path, f"metadata {name}={text!r}", "a positive integer (ASCII digits)")
+    return value
 
 
 def _layer_keys(raw: RawCheckpoint, count: int) -> "tuple[LayerKey, ...] | None":

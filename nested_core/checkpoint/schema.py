@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -116,6 +116,19 @@ def shape_of(raw: RawCheckpoint, name: str, rank: int, file_layout: str) -> tupl
             f"a non-empty {rank}-dimensional tensor for the {file_layout} layout",
         )
     return shape
+
+
+def whole_number(text: str) -> Optional[int]:
+    """The value of a string of ASCII digits ("12"); None for anything else ("", "-1", "²", "٣", "1²").
+
+    ``str.isdigit`` alone accepts superscripts and other scripts' digits, which ``int`` then refuses.
+    """
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def inspect_hint(path: str) -> str:
+    """What to run to see what the loader recognised in a file."""
+    return f"Run 'python -m nested_core.inspect \"{path}\"' (from the pack's folder) to see what was recognised."
 
 
 def _listing(names: list[str]) -> str:

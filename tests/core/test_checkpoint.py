@@ -139,13 +139,17 @@ def test_native_metadata_problems_are_refused(tmp_path):
     state = {k: v.contiguous() for k, v in adapter.state_dict().items()}
     from nested_attention.nested_core.checkpoint.native import metadata_for
 
-    cases = {
-        "format_version": ("2", "newer release"),
-        "qformer": ("{not json", "unusable 'qformer'"),
-        "layer_order": (json.dumps(["input.1.0"]), "1 layer ids"),
-        "num_tokens": ("7", "num_tokens=7"),
-    }
-    for key, (value, expected) in cases.items():
+    cases = [
+        ("format_version", "2", "newer release"),
+        ("qformer", "{not json", "unusable 'qformer'"),
+        ("layer_order", json.dumps(["input.1.0"]), "1 layer ids"),
+        ("num_tokens", "7", "num_tokens=7"),
+        # str.isdigit() is true for these, int() refuses them: refused as metadata, naming the file
+        ("clip_vision_width", "²", "clip_vision_width='²'"),
+        ("num_tokens", "٣", "num_tokens='٣'"),
+        ("context_dim", "1²", "context_dim='1²'"),
+    ]
+    for key, value, expected in cases:
         meta = metadata_for(adapter.config) | {key: value}
         save_file(state, path, metadata=meta)
         assert expected in str(refusal(path)), key
@@ -192,3 +196,15 @@ def test_subject_files_round_trip_and_refuse_other_files(tmp_path):
     save_native(tmp_path / "adapter.safetensors", adapter.config, adapter.state_dict())
     with pytest.raises(AdapterFileError, match="subject file"):
         load_subject(tmp_path / "adapter.safetensors")
+
+
+@pytest.mark.parametrize("key", ["format_version", "num_images"])
+@pytest.mark.parametrize("value", ["²", "٣", "1²", "x"])
+def test_subject_metadata_numbers_must_be_ascii_digits(tmp_path, key, value):
+    path = tmp_path / "subject.safetensors"
+    tensors = {"tokens": torch.randn(1, 4, 32)}
+    meta = {"format": "nested-subject", "format_version": "1", "adapter_fingerprint": "abc123", "num_images": "2"}
+    save_file(tensors, path, metadata=meta | {key: value})
+    with pytest.raises(AdapterFileError) as info:
+        load_subject(path)
+    assert "subject.safetensors" in str(info.value) and repr(value) in str(info.value)

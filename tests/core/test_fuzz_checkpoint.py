@@ -1,4 +1,8 @@
-"""Feed hundreds of mutated adapter files to the loader: each loads cleanly or raises AdapterFileError."""
+"""Feed hundreds of mutated adapter files to the loader: each loads cleanly or raises AdapterFileError.
+
+The sources cover every path of the loader: native, IP-Adapter-Plus (safetensors and pickle) and two
+files recognised by structure.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,16 @@ import zipfile
 
 import pytest
 import torch
-from core_factories import IPA_QFORMER, TINY_QFORMER, random_adapter, write_ip_adapter
+from core_factories import (
+    IPA_QFORMER,
+    TINY_QFORMER,
+    nest,
+    processor_name,
+    random_adapter,
+    renamed_state,
+    write_ip_adapter,
+)
+from safetensors.torch import save_file
 
 from nested_attention.nested_core import AdapterFileError, LayerKey, build_adapter, load_adapter_checkpoint, save_native
 
@@ -46,8 +59,10 @@ def mutate_header(data: bytes, rng: random.Random) -> bytes:
         entry["data_offsets"][1] += rng.choice([-4, 4, 10**9])
     elif kind == 5:
         meta = header.setdefault("__metadata__", {})
-        key = rng.choice(["format", "format_version", "qformer", "layer_order", "num_tokens", "context_dim"])
-        meta[key] = rng.choice(["", "x", "-1", "99", "[]", "{}", '{"dim": -3}', '["input.9.9"]', "null"])
+        key = rng.choice(["format", "format_version", "qformer", "layer_order", "num_tokens", "context_dim", "heads"])
+        meta[key] = rng.choice(
+            ["", "x", "-1", "99", "[]", "{}", '{"dim": -3}', '["input.9.9"]', "null", "²", "٣", "1²", '{"heads": 3}']
+        )
     else:
         entry["shape"] = []
     return join_safetensors(header, body)
@@ -108,10 +123,18 @@ def sources(tmp_path_factory):
     ipa = random_adapter(IPA_QFORMER, layer_dims=(64, 32))
     write_ip_adapter(folder / "ipa.safetensors", ipa, "safetensors")
     write_ip_adapter(folder / "ipa.bin", ipa, "torch")
+    # recognised by structure: renamed resampler with separate to_k/to_v, diffusers processor names
+    renamed = renamed_state(ipa, "resampler", "attn-ff", processor_name)
+    save_file({k: v.half().contiguous() for k, v in renamed.items()}, folder / "structure.safetensors")
+    # ... and diffusers' resampler naming with indexed pairs, in a {"state_dict": ...}-wrapped pickle
+    indexed = renamed_state(ipa, "image_proj_model", "diffusers", lambda i, r: f"adapter_modules.{i}.to_{r}.weight")
+    torch.save({"state_dict": nest(indexed)}, folder / "wrapped.bin")
     return [
         (folder / "native.safetensors", "safetensors"),
         (folder / "ipa.safetensors", "safetensors"),
         (folder / "ipa.bin", "zip"),
+        (folder / "structure.safetensors", "safetensors"),
+        (folder / "wrapped.bin", "zip"),
     ]
 
 
