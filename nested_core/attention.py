@@ -13,24 +13,28 @@ A subject brings nested keys and values ``K~, V~: [B or 1, N, H*D]`` and the con
           = plain_q + Σ_{p∈P} a_p (v*_q − V_p)
 
 The second form is what runs: plain attention plus a correction. ``a_p`` comes from one fused
-attention over the context whose values are one-hot columns at the positions P, so no
+attention over the context whose values are one-hot columns at the positions P (``ContextPicks``,
+built once per prompt layout and layer shape and reused by every layer and step), so no
 ``[B, H, Lq, Lctx]`` logits and no per-query value matrix ``[B, H, Lq, Lctx, D]`` ever exist; the
 extra tensors are ``[R, H, Lq, D]``-sized for the R batch rows that contain a subject token.
 Every softmax runs inside PyTorch's scaled_dot_product_attention, whose kernels (flash, memory-
-efficient, math and CPU) accumulate it in float32 for half-precision inputs; the correction is
-summed in float32 (float64 for float64 inputs).
+efficient, math and CPU) accumulate it in float32 for half-precision inputs. The correction is
+formed in the inputs' dtype and added to the rows of the output that carry a subject, so a layer
+call costs a fixed handful of kernels (see ``nested_attention``) and never waits for the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .heads import merge_heads, split_heads
+
+Rows = Union[slice, Tensor]  # batch rows: a slice when they are contiguous (views cost nothing)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,53 @@ class NestedSubject:
     query_mask: Optional[Tensor] = None  # [B or 1, Lq], where the subject may act
 
 
+@dataclass(frozen=True)
+class ContextPicks:
+    """The subjects' positions in the context, in the form the kernels want, for one layer shape.
+
+    Depends only on the prompt layout, the batch rows, the head count and width, the dtype and the
+    subjects, so it is built once per sampling run (``prepare_picks``) and shared by every layer of
+    that shape and every step. ``columns[i]`` are subject i's columns in ``blocks`` and ``index``.
+    """
+
+    rows: Rows  # the batch rows that carry a subject token (R of them)
+    blocks: tuple[Tensor, ...]  # one-hot columns at the positions: [R, H, Lctx, D] each (heads stride 0)
+    index: Tensor  # [R, H, Pt, D] long (stride 0 over H and D): the positions, to gather V_p
+    columns: tuple[tuple[int, int], ...]  # per subject, [start, stop) among the Pt positions
+
+
+def prepare_picks(
+    positions: Sequence[TokenPositions],
+    context: int,
+    heads: int,
+    dim: int,
+    dtype: torch.dtype,
+    device: "torch.device | str",
+) -> ContextPicks:
+    """Everything nested attention needs besides q, k, v and the nested tokens (see ContextPicks).
+
+    Builds its tensors with scatter rather than one_hot, whose range check reads from the device.
+    """
+    rows = _union_rows(positions)
+    index = torch.cat([_take(p.index, rows) for p in positions], dim=1).to(device)  # [R, Pt]
+    valid = torch.cat([_take(p.valid, rows) for p in positions], dim=1).to(device)  # [R, Pt]
+    count, total = index.shape
+    padded = -(-total // dim) * dim  # columns padded to whole head widths: the fused kernels want Dv = D
+    picks = torch.zeros(count, context, padded, dtype=dtype, device=device)
+    columns = torch.arange(total, device=device).expand(count, total)
+    picks[torch.arange(count, device=device)[:, None], index, columns] = valid.to(dtype)  # [R, Lctx, Pt+]
+    blocks = tuple(
+        picks[..., start : start + dim].unsqueeze(1).expand(count, heads, context, dim)
+        for start in range(0, padded, dim)
+    )
+    bounds, start = [], 0
+    for p in positions:
+        bounds.append((start, start + p.width))
+        start += p.width
+    gather = index.view(count, 1, total, 1).expand(count, heads, total, dim)
+    return ContextPicks(rows=rows, blocks=blocks, index=gather, columns=tuple(bounds))
+
+
 def plain_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     """Standard multi-head cross-attention on merged heads: [B, Lq, H*D]."""
     out = F.scaled_dot_product_attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads))
@@ -101,101 +152,96 @@ def nested_attention(
     heads: int,
     subjects: Sequence[NestedSubject],
     base: Optional[Tensor] = None,
+    picks: Optional[ContextPicks] = None,
+    inplace: bool = False,
 ) -> Tensor:
     """Cross-attention in which each subject's token s* gets the per-query value of Eq. 1.
 
-    ``base`` is the plain attention output of (q, k, v) when the caller already has it (from
-    ComfyUI's kernel or another pack's patch); it is computed here otherwise. The result has q's
-    shape and dtype. Rows without subject positions are returned untouched and cost nothing, and
-    with no positions at all ``base`` itself is returned. Positions of different subjects must be
-    distinct. See the module docstring for the formula.
+    Args:
+        q, k, v: the layer's projected queries [B, Lq, H*D] and context keys/values [B, Lctx, H*D].
+        heads: the layer's head count H.
+        subjects: the subjects acting on this call; their positions must be distinct.
+        base: the plain attention output of (q, k, v) when the caller already has it (from
+            ComfyUI's kernel or another pack's patch); computed here otherwise.
+        picks: ``prepare_picks(subjects, ...)`` for these subjects and this layer shape, when the
+            caller keeps it between calls; built here otherwise.
+        inplace: add the corrections into ``base`` itself (the attn2 patch owns its base output);
+            otherwise ``base`` is left as it is and a new tensor is returned.
+
+    The result has q's shape and dtype. Rows without subject positions are returned untouched and
+    cost nothing, and with no positions at all ``base`` itself is returned. With ``picks`` given and
+    every subject's token once in the prompt, a call runs two fused attentions (the a_p of every
+    position, then one v*_q per subject), one gather of the V_p, and per subject a subtraction and
+    one fused multiply-add into the output rows (plus one multiply for a query mask).
     """
     if base is None:
         base = plain_attention(q, k, v, heads)
     subjects = [s for s in subjects if s.positions.rows]
     if not subjects:
         return base
+    if picks is None:
+        dim = q.shape[-1] // heads
+        picks = prepare_picks([s.positions for s in subjects], k.shape[1], heads, dim, q.dtype, q.device)
+    rows = picks.rows
+    qh, kh, vh = (split_heads(_take(t, rows), heads) for t in (q, k, v))  # [R, H, L, D]
+    a_all = subject_weights(qh, kh, picks)  # a_p: [R, H, Lq, Pt]
+    v_at = torch.gather(vh, 2, picks.index)  # V_p: [R, H, Pt, D]
 
-    batch = q.shape[0]
-    rows, row_index = _union_rows(subjects, batch)
-    whole = len(rows) == batch
-
-    def select(t: Tensor) -> Tensor:
-        """Keep the rows that carry a subject token (t has B rows, or 1 row that broadcasts)."""
-        if t.shape[0] == 1 and batch != 1:
-            return t
-        return t if whole else t.index_select(0, row_index.to(t.device))
-
-    qh = split_heads(select(q), heads)  # [R, H, Lq, D]
-    kh = split_heads(select(k), heads)  # [R, H, Lctx, D]
-    index = torch.cat([select(s.positions.index) for s in subjects], dim=1)  # [R, Pt]
-    valid = torch.cat([select(s.positions.valid) for s in subjects], dim=1)  # [R, Pt]
-
-    acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    weights = weights_at(qh, kh, index, valid).to(acc)  # a_p: [R, H, Lq, Pt]
-    v_at = split_heads(_gather_positions(select(v), index), heads).to(acc)  # V_p: [R, H, Pt, D]
-
-    correction = torch.zeros(qh.shape, dtype=acc, device=q.device)
-    column = 0
-    for subject in subjects:
-        width = subject.positions.width
-        a = weights[..., column : column + width]  # [R, H, Lq, P]
-        v_p = v_at[:, :, column : column + width]  # [R, H, P, D]
-        column += width
-        nested_k = split_heads(select(subject.keys), heads).to(qh.dtype)
-        nested_v = split_heads(select(subject.values), heads).to(qh.dtype)
-        v_star = F.scaled_dot_product_attention(  # Eq. 1: [R, H, Lq, D]
-            qh, nested_k.expand(qh.shape[0], -1, -1, -1), nested_v.expand(qh.shape[0], -1, -1, -1)
-        ).to(acc)
-        delta = a.sum(-1, keepdim=True) * v_star - a @ v_p  # Σ_p a_p (v*_q − V_p)
-        correction += _scale(subject, select, delta)
-
-    out_rows = (select(base).to(acc) + merge_heads(correction)).to(base.dtype)
-    if whole:
-        return out_rows
-    return base.index_copy(0, row_index.to(base.device), out_rows)
+    out, target = _output_rows(base, rows, heads, inplace)  # target: [R, H, Lq, D], a view into out's rows
+    for subject, (start, stop) in zip(subjects, picks.columns):
+        nested_k, nested_v = (
+            split_heads(_take(t, rows), heads).expand(qh.shape[0], -1, -1, -1) for t in (subject.keys, subject.values)
+        )
+        v_star = F.scaled_dot_product_attention(qh, nested_k, nested_v)  # Eq. 1: [R, H, Lq, D]
+        a, v_p = a_all[..., start:stop], v_at[:, :, start:stop]  # [R, H, Lq, P], [R, H, P, D]
+        mask = None if subject.query_mask is None else _take(subject.query_mask, rows)[:, None, :, None]
+        if stop - start == 1:  # the word once in the prompt: Σ_p a_p (v*_q − V_p) = a (v*_q − V_p)
+            scale = a if mask is None else a * mask.to(a.dtype)
+            target.addcmul_(scale, v_star - v_p, value=subject.weight)
+        else:  # (Σ_p a_p) v*_q − Σ_p a_p V_p, the second as one batched product
+            delta = torch.baddbmm(
+                (v_star * a.sum(-1, keepdim=True)).flatten(0, 1), a.flatten(0, 1), v_p.flatten(0, 1), alpha=-1
+            ).view_as(v_star)
+            if mask is not None:
+                delta = delta * mask.to(delta.dtype)
+            target.add_(delta, alpha=subject.weight)
+    if isinstance(rows, Tensor):  # rows scattered over the batch: the corrections were gathered aside
+        out.index_add_(0, rows, target.transpose(1, 2).reshape(target.shape[0], q.shape[1], -1))
+    return out
 
 
-def _union_rows(subjects: Sequence[NestedSubject], batch: int) -> tuple[tuple[int, ...], Tensor]:
-    """Rows holding any subject token; reuses the first subject's index tensor when all agree."""
-    first = subjects[0].positions
-    if all(s.positions.rows == first.rows for s in subjects):
-        return first.rows, first.row_index
-    rows = tuple(sorted(set().union(*(s.positions.rows for s in subjects))))
-    return rows, torch.tensor(rows, dtype=torch.long, device=first.index.device)
+def subject_weights(qh: Tensor, kh: Tensor, picks: ContextPicks) -> Tensor:
+    """The outer attention weights a_p = softmax(q Kᵀ/√D)[p] at every position of ``picks``:
+    [R, H, Lq, Pt] for the heads-split queries and keys of ``picks.rows``."""
+    weights = [F.scaled_dot_product_attention(qh, kh, block) for block in picks.blocks]
+    return (weights[0] if len(weights) == 1 else torch.cat(weights, -1))[..., : picks.index.shape[2]]
 
 
-def weights_at(qh: Tensor, kh: Tensor, index: Tensor, valid: Tensor) -> Tensor:
-    """Outer attention weights a_p = softmax(q Kᵀ/√D)[p] at the given context positions.
+def _union_rows(positions: Sequence[TokenPositions]) -> Rows:
+    """The rows holding any subject token: a slice when contiguous, else an index tensor."""
+    rows = sorted(set().union(*(p.rows for p in positions)))
+    if rows == list(range(rows[0], rows[-1] + 1)):
+        return slice(rows[0], rows[-1] + 1)
+    return torch.tensor(rows, dtype=torch.long, device=positions[0].index.device)
 
-    The values of a fused attention call are one-hot columns at the positions, so the softmax over
-    the whole context is normalised inside the kernel without materialising its logits. Columns
-    are padded to the head width D, which the fused kernels want for values.
+
+def _take(t: Tensor, rows: Rows) -> Tensor:
+    """The given rows of t (B rows), or t itself when it has one row that broadcasts."""
+    if t.shape[0] == 1:
+        return t
+    return t[rows] if isinstance(rows, slice) else t.index_select(0, rows.to(t.device))
+
+
+def _output_rows(base: Tensor, rows: Rows, heads: int, inplace: bool) -> tuple[Tensor, Tensor]:
+    """The output tensor and a [R, H, Lq, D] tensor whose updates land in its subject rows.
+
+    Contiguous rows are a view of the output (in base itself when ``inplace`` and autograd does not
+    need base unchanged); scattered rows get a zero tensor that the caller adds back.
     """
-    rows, heads, _, dim = qh.shape
-    context = kh.shape[2]
-    total = index.shape[1]
-    one_hot = F.one_hot(index, context).to(qh.dtype) * valid.unsqueeze(-1).to(qh.dtype)  # [R, Pt, Lctx]
-    picks = one_hot.transpose(1, 2)  # [R, Lctx, Pt]
-    blocks = []
-    for start in range(0, total, dim):
-        block = picks[..., start : start + dim]
-        width = block.shape[-1]
-        if width < dim:
-            block = F.pad(block, (0, dim - width))
-        values = block.unsqueeze(1).expand(rows, heads, context, dim)
-        blocks.append(F.scaled_dot_product_attention(qh, kh, values)[..., :width])
-    return torch.cat(blocks, dim=-1)
-
-
-def _gather_positions(v: Tensor, index: Tensor) -> Tensor:
-    """v[r, index[r, j], :] -> [R, Pt, H*D]"""
-    return torch.gather(v, 1, index.unsqueeze(-1).expand(-1, -1, v.shape[-1]))
-
-
-def _scale(subject: NestedSubject, select, delta: Tensor) -> Tensor:
-    """Apply the subject's weight and query mask to its correction [R, H, Lq, D]."""
-    if subject.query_mask is None:
-        return delta * subject.weight if subject.weight != 1.0 else delta
-    mask = select(subject.query_mask).to(device=delta.device, dtype=delta.dtype)  # [R|1, Lq]
-    return delta * (mask[:, None, :, None] * subject.weight)
+    if isinstance(rows, Tensor):
+        out = base if inplace and not base.requires_grad else base.clone()
+        width = base.shape[-1]
+        zeros = torch.zeros(rows.shape[0], base.shape[1], heads, width // heads, dtype=base.dtype, device=base.device)
+        return out, zeros.transpose(1, 2)
+    out = base if inplace and not base.requires_grad else base.clone()
+    return out, split_heads(out[rows], heads)

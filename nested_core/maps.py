@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import weights_at
+from .attention import TokenPositions, prepare_picks, subject_weights
 from .heads import merge_heads, split_heads
 
 
@@ -29,8 +29,11 @@ def subject_attention(q: Tensor, k: Tensor, heads: int, index: Tensor, valid: Te
 
     ``index`` / ``valid`` [B, P] are the positions of s* per row, as in TokenPositions.
     """
+    batch = q.shape[0]
+    every_row = TokenPositions(index=index, valid=valid, rows=tuple(range(batch)), row_index=torch.arange(batch))
+    picks = prepare_picks([every_row], k.shape[1], heads, q.shape[-1] // heads, torch.float32, q.device)
     qh, kh = split_heads(q, heads).float(), split_heads(k, heads).float()
-    return weights_at(qh, kh, index, valid).sum(-1)  # the same fused form nested_attention uses
+    return subject_weights(qh, kh, picks).sum(-1)  # the same fused form nested_attention uses
 
 
 def nested_token_weights(q: Tensor, keys: Tensor, heads: int) -> Tensor:

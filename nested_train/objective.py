@@ -15,6 +15,7 @@ from torch import Tensor
 from ..nested_core.attention import NestedSubject, TokenPositions
 from ..nested_core.layers import LayerKey
 from ..nested_core.maps import per_query_values
+from ..nodes.contract import LayerSubjects
 from ..nodes.patch import NestedAttn2Patch
 from ..nodes.tokens import prompt_tokens
 
@@ -31,14 +32,14 @@ class TrainingStep:
 
     def subjects_for(
         self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict[str, Any]
-    ) -> list[tuple[int, NestedSubject]]:
+    ) -> Optional[LayerSubjects]:
         if layer not in self.kv or not self.positions.rows:
-            return []
+            return None
         nested_k, nested_v = self.kv[layer]
         if self.track_values and torch.is_grad_enabled():
             v_star = per_query_values(q, nested_k, nested_v, extra_options["n_heads"])
             self.value_norms.append(v_star.pow(2).mean())
-        return [(0, NestedSubject(nested_k.to(q.dtype), nested_v.to(q.dtype), self.positions))]
+        return LayerSubjects((0,), (NestedSubject(nested_k.to(q.dtype), nested_v.to(q.dtype), self.positions),))
 
 
 def patches(sites: Iterable[LayerKey], patch_class: Optional[type] = None) -> dict[tuple, NestedAttn2Patch]:

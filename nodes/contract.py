@@ -7,8 +7,8 @@ branch of the graph holds. While sampling, the pack's wrappers add, in copies of
 
 * ``RUN_KEY``: the run's caches (``sampling.NestedRun``), for one sampling run;
 * ``STEP_KEY``: a ``SubjectSource`` for one model evaluation, which the attn2 patches ask for the
-  subjects of their layer and batch rows (``sampling.StepState`` while sampling; the trainer's
-  ``TrainingStep`` while training);
+  subjects of their layer and batch rows, as ``LayerSubjects`` (``sampling.StepState`` while
+  sampling, which prepares them once per run and layer shape; the trainer's ``TrainingStep``);
 * ``RECORD_KEY``: a ``recording.Recording``, only when Record Nested Attention is in the graph.
 
 Prompts carry their token ids in each conditioning entry under ``PROMPT_KEY`` (Nested Text Encode).
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol
 
 from torch import Tensor
 
-from ..nested_core.attention import NestedSubject
+from ..nested_core.attention import ContextPicks, NestedSubject
 from ..nested_core.layers import LayerKey
 
 REGISTRY_KEY = "nested_attention_subjects"  # tuple[SubjectBinding, ...] in transformer_options
@@ -57,8 +57,22 @@ class SubjectBinding:
     def active_at(self, sigma: float) -> bool:
         return self.sigma_end <= sigma <= self.sigma_start
 
+    @property
+    def always_active(self) -> bool:
+        """Acting over the whole of sampling (start_at 0, end_at 1): no sigma needs reading."""
+        return self.sigma_end <= 0.0 and self.sigma_start >= NO_SIGMA
+
     def __deepcopy__(self, memo: dict) -> "SubjectBinding":
         return self  # immutable; ComfyUI deep-copies model options on every clone
+
+
+@dataclass(frozen=True)
+class LayerSubjects:
+    """The subjects acting on one attn2 layer call, and what nested attention needs prepared."""
+
+    indices: tuple[int, ...]  # each subject's index in the registry (the recording names them by it)
+    subjects: tuple[NestedSubject, ...]
+    picks: Optional[ContextPicks] = None  # prepared for this layer shape and dtype; None: built per call
 
 
 class SubjectSource(Protocol):
@@ -66,8 +80,8 @@ class SubjectSource(Protocol):
 
     def subjects_for(
         self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict[str, Any]
-    ) -> Sequence[tuple[int, NestedSubject]]:
-        """(binding index, subject) for every subject that acts on this layer call's rows."""
+    ) -> Optional[LayerSubjects]:
+        """The subjects acting on this layer call's rows, or None when none does."""
         ...
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..nested_core.attention import nested_attention
 from ..nested_core.layers import LayerKey
-from .contract import NO_SIGMA, RECORD_KEY, STEP_KEY, SubjectSource, sigma_of
+from .contract import NO_SIGMA, RECORD_KEY, STEP_KEY, LayerSubjects, SubjectSource, sigma_of
 
 
 class NestedAttn2Patch:
@@ -55,17 +55,18 @@ class NestedAttn2Patch:
         if step is None:
             return out
         bound = step.subjects_for(self.layer, q, k, extra_options)
-        if not bound:
+        if bound is None:
             return out
-        result = self.combine(q, k, v, extra_options["n_heads"], [s for _, s in bound], out)
+        result = self.combine(q, k, v, extra_options["n_heads"], bound, out)
         recording = extra_options.get(RECORD_KEY)
         if recording is not None:
             recording.record(self.layer, q, k, v, bound, extra_options)
         return result
 
-    def combine(self, q: Tensor, k: Tensor, v: Tensor, heads: int, subjects: list, base: Tensor) -> Tensor:
-        """The layer output with the subjects in: nested attention (Eq. 1 and 3)."""
-        return nested_attention(q, k, v, heads, subjects, base=base)
+    def combine(self, q: Tensor, k: Tensor, v: Tensor, heads: int, bound: LayerSubjects, base: Tensor) -> Tensor:
+        """The layer output with the subjects in: nested attention (Eq. 1 and 3), added into ``base``
+        (this call's own output tensor) with the run's prepared positions."""
+        return nested_attention(q, k, v, heads, bound.subjects, base=base, picks=bound.picks, inplace=True)
 
     def _run_added(self, out: Tensor, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
         sigma = sigma_of(extra_options.get("sigmas"))

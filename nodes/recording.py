@@ -23,11 +23,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..nested_core.attention import NestedSubject
 from ..nested_core.errors import NestedAttentionError
 from ..nested_core.layers import LayerKey
 from ..nested_core.maps import nested_token_weights, per_query_values, pool_to_grid, subject_attention
-from .contract import RECORD_KEY, SubjectBinding, sigma_of, with_transformer_options
+from .contract import RECORD_KEY, LayerSubjects, SubjectBinding, sigma_of, with_transformer_options
 from .masks import layer_grid
 from .model_layers import attn2_sites
 
@@ -77,7 +76,7 @@ class Recording:
         q: Tensor,
         k: Tensor,
         v: Tensor,
-        subjects: Sequence[tuple[int, NestedSubject]],
+        bound: LayerSubjects,
         extra_options: dict[str, Any],
     ) -> None:
         """Add one layer call's maps, for the rows of positive prompts (called by the attn2 patch)."""
@@ -103,7 +102,7 @@ class Recording:
 
         with torch.no_grad():
             q_rows, k_rows = q.index_select(0, rows), k.index_select(0, rows)
-            for index, subject in subjects:
+            for index, subject in zip(bound.indices, bound.subjects):
                 where = subject.positions.index.index_select(0, rows)
                 valid = subject.positions.valid.index_select(0, rows)
                 acting = subject_attention(q_rows, k_rows, heads, where, valid).mean(1)  # [R, Lq]

@@ -2,13 +2,17 @@
 
 Two ComfyUI wrappers, registered once per model whatever the number of Apply nodes:
 
-* OUTER_SAMPLE opens a ``NestedRun`` for one sampling run: caches of token positions per
-  conditioning uuid, of nested keys/values per device and dtype, and of resized masks.
-* CALC_COND_BATCH, once per model evaluation, reads the step's sigma once, notes the prompts of
-  the conditionings being evaluated, and hands a ``StepState`` to the attn2 patches.
+* OUTER_SAMPLE opens a ``NestedRun`` for one sampling run. It holds everything that depends only on
+  the prompt layout, the batch rows, the layer shape and the subjects, built on first use and then
+  reused by every layer and step: token positions per conditioning, the one-hot columns and gather
+  index of nested attention (``ContextPicks``) per layer shape, nested keys/values and region masks
+  in the layer's dtype and device, and finally the ``LayerSubjects`` of each layer call.
+* CALC_COND_BATCH, once per model evaluation, notes the prompts of the conditionings being
+  evaluated, reads the step's sigma when a subject acts on part of sampling only, and hands a
+  ``StepState`` to the attn2 patches.
 
 The attn2 patch then asks the StepState (a ``contract.SubjectSource``) for the subjects of its layer
-and batch rows.
+and batch rows: after the first step a dictionary lookup, with no tensor work and no host sync.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..nested_core.attention import NestedSubject, TokenPositions
+from ..nested_core.attention import ContextPicks, NestedSubject, TokenPositions, prepare_picks
 from ..nested_core.layers import LayerKey
 from .contract import (
     PROMPT_KEY,
@@ -28,6 +32,7 @@ from .contract import (
     REGISTRY_KEY,
     RUN_KEY,
     STEP_KEY,
+    LayerSubjects,
     SubjectBinding,
     sigma_of,
     with_transformer_options,
@@ -55,6 +60,8 @@ class NestedRun:
         self._positions: dict[tuple, tuple[Optional[TokenPositions], ...]] = {}
         self._kv: dict[tuple, tuple[Tensor, Tensor]] = {}
         self._masks: dict[tuple, Tensor] = {}
+        self._picks: dict[tuple, ContextPicks] = {}
+        self._layers: dict[tuple, Optional[LayerSubjects]] = {}
         self._warned: set[str] = set()
 
     # --- prompts -------------------------------------------------------------------------
@@ -169,45 +176,70 @@ class NestedRun:
         return cached
 
     def layer_mask(
-        self, index: int, rows_per_chunk: int, chunks: int, tokens: int, extra_options: dict, device: torch.device
+        self,
+        index: int,
+        rows_per_chunk: int,
+        chunks: int,
+        tokens: int,
+        extra_options: dict,
+        device: torch.device,
+        dtype: torch.dtype,
     ) -> Optional[Tensor]:
         mask = self.registry[index].mask
         if mask is None:
             return None
-        cache_key = (index, rows_per_chunk, chunks, tokens, device)
+        cache_key = (index, rows_per_chunk, chunks, tokens, device, dtype)
         cached = self._masks.get(cache_key)
         if cached is None:
             per_item = mask_for_layer(mask.to(device), tokens, extra_options)
-            cached = self._masks[cache_key] = rows_for_batch(per_item, rows_per_chunk, chunks)
+            cached = self._masks[cache_key] = rows_for_batch(per_item, rows_per_chunk, chunks).to(dtype)
         return cached
+
+    def layer_subjects(
+        self, layer: LayerKey, active: tuple[int, ...], q: Tensor, k: Tensor, extra_options: dict
+    ) -> Optional[LayerSubjects]:
+        """The active subjects with weights for this layer and a token in these rows, prepared for
+        this layer's shape; built on the first call of a layout and shape, then looked up."""
+        uuids = tuple(extra_options.get("uuids") or ())
+        if not uuids:
+            return None
+        heads = extra_options["n_heads"]
+        key = (layer, active, uuids, q.shape[0], q.shape[1], k.shape[1], heads, q.shape[2], q.device, q.dtype)
+        if key in self._layers:
+            return self._layers[key]
+        chunks = len(uuids)
+        rows_per_chunk = q.shape[0] // chunks
+        positions = self.positions(uuids, rows_per_chunk, k.shape[1], q.device)
+        indices, subjects = [], []
+        for index in active:
+            binding = self.registry[index]
+            if positions[index] is None or layer not in binding.layers:
+                continue
+            nested_k, nested_v = self.nested_kv(index, layer, q.device, q.dtype)
+            mask = self.layer_mask(index, rows_per_chunk, chunks, q.shape[1], extra_options, q.device, q.dtype)
+            indices.append(index)
+            subjects.append(NestedSubject(nested_k, nested_v, positions[index], binding.weight, mask))
+        bound = None
+        if subjects:
+            picks_key = (tuple(indices), uuids, rows_per_chunk, k.shape[1], heads, q.shape[2], q.device, q.dtype)
+            if picks_key not in self._picks:
+                self._picks[picks_key] = prepare_picks(
+                    [s.positions for s in subjects], k.shape[1], heads, q.shape[2] // heads, q.dtype, q.device
+                )
+            bound = LayerSubjects(tuple(indices), tuple(subjects), self._picks[picks_key])
+        self._layers[key] = bound
+        return bound
 
 
 @dataclass(frozen=True)
 class StepState:
-    """The subjects active at this step's sigma, and the run's caches."""
+    """The subjects active at this step's sigma, and the run's caches (a ``contract.SubjectSource``)."""
 
     run: NestedRun
     active: tuple[int, ...]  # indices into run.registry
 
-    def subjects_for(
-        self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict
-    ) -> list[tuple[int, NestedSubject]]:
-        """(binding index, subject) for each active subject with weights for this layer and a token in these rows."""
-        uuids = extra_options.get("uuids")
-        if not uuids:
-            return []
-        chunks = len(uuids)
-        rows_per_chunk = q.shape[0] // chunks
-        positions = self.run.positions(uuids, rows_per_chunk, k.shape[1], q.device)
-        subjects = []
-        for index in self.active:
-            binding = self.run.registry[index]
-            if positions[index] is None or layer not in binding.layers:
-                continue
-            nested_k, nested_v = self.run.nested_kv(index, layer, q.device, q.dtype)
-            mask = self.run.layer_mask(index, rows_per_chunk, chunks, q.shape[1], extra_options, q.device)
-            subjects.append((index, NestedSubject(nested_k, nested_v, positions[index], binding.weight, mask)))
-        return subjects
+    def subjects_for(self, layer: LayerKey, q: Tensor, k: Tensor, extra_options: dict) -> Optional[LayerSubjects]:
+        return self.run.layer_subjects(layer, self.active, q, k, extra_options)
 
 
 def outer_sample_wrapper(executor, *args, **kwargs):
@@ -240,8 +272,11 @@ def calc_cond_batch_wrapper(executor, model, conds, x_in, timestep, model_option
         if recording is not None and recording.registry is not registry:
             recording.reset(registry)
     run.note_conds(conds)
-    sigma = sigma_of(timestep)
-    active = tuple(i for i, b in enumerate(run.registry) if b.active_at(sigma))
+    if all(b.always_active for b in run.registry):
+        active = tuple(range(len(run.registry)))  # no sigma to read, so no wait for the device
+    else:
+        sigma = sigma_of(timestep)
+        active = tuple(i for i, b in enumerate(run.registry) if b.active_at(sigma))
     if not active:
         return executor(model, conds, x_in, timestep, model_options)
     step_options = with_transformer_options(model_options, {STEP_KEY: StepState(run, active)})

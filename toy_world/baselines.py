@@ -23,9 +23,9 @@ from nested_attention.nodes.patch import NestedAttn2Patch
 
 
 class DecoupledAttn2Patch(NestedAttn2Patch):
-    def combine(self, q, k, v, heads, subjects, base):
+    def combine(self, q, k, v, heads, bound, base):
         out = base.float()
-        for subject in subjects:
+        for subject in bound.subjects:
             rows = subject.positions.row_index.to(q.device)
             q_rows = split_heads(q.index_select(0, rows), heads)
             keys, values = (
@@ -43,12 +43,13 @@ class DecoupledAttn2Patch(NestedAttn2Patch):
 
 
 class SingleTokenAttn2Patch(NestedAttn2Patch):
-    def combine(self, q, k, v, heads, subjects, base):
+    def combine(self, q, k, v, heads, bound, base):
         # zero nested keys make the nested softmax uniform: v*_q = mean of V~ at every position
         flat = [
-            NestedSubject(torch.zeros_like(s.keys), s.values, s.positions, s.weight, s.query_mask) for s in subjects
+            NestedSubject(torch.zeros_like(s.keys), s.values, s.positions, s.weight, s.query_mask)
+            for s in bound.subjects
         ]
-        return nested_attention(q, k, v, heads, flat, base=base)
+        return nested_attention(q, k, v, heads, flat, base=base, picks=bound.picks, inplace=True)
 
 
 PATCH_CLASSES: dict[str, type[NestedAttn2Patch]] = {

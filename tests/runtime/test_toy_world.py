@@ -8,6 +8,7 @@ import torch
 from nested_attention.nested_core.attention import NestedSubject, TokenPositions
 from nested_attention.nested_core.checkpoint import load_adapter_checkpoint
 from nested_attention.nested_core.layers import LayerKey
+from nested_attention.nodes.contract import LayerSubjects
 from toy_world import WEIGHTS
 
 COMMITTED = (WEIGHTS / "adapter_nested.safetensors").is_file()
@@ -86,7 +87,7 @@ def test_the_baselines_compute_their_formulas(pack):
     plain = plain_attention_reference(q, k, v, 2)
     layer = LayerKey("input", 4, 0)
 
-    decoupled = classes["decoupled"](layer).combine(q, k, v, 2, [subject], plain.float())
+    decoupled = classes["decoupled"](layer).combine(q, k, v, 2, LayerSubjects((0,), (subject,)), plain.float())
     v_star = nested_attention_reference(
         q[:1], v[:1, :1], v[:1, :1], 2, [dict(keys=keys, values=values, positions=[[0]])]
     )
@@ -94,6 +95,6 @@ def test_the_baselines_compute_their_formulas(pack):
     expected[0] += 0.7 * mask[0, :, None].double() * v_star[0]
     torch.testing.assert_close(decoupled.double(), expected, rtol=1e-5, atol=1e-5)
 
-    single = classes["single-token"](layer).combine(q, k, v, 2, [subject], plain.float())
+    single = classes["single-token"](layer).combine(q, k, v, 2, LayerSubjects((0,), (subject,)), plain.float())
     pooled = dict(keys=torch.zeros_like(keys), values=values, positions=[[1], []], weight=0.7, mask=mask)
     torch.testing.assert_close(single.double(), nested_attention_reference(q, k, v, 2, [pooled]), rtol=1e-5, atol=1e-5)
