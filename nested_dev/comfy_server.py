@@ -1,8 +1,11 @@
-"""Starting ComfyUI's own main.py in a subprocess, with this pack in its custom_nodes folder."""
+"""Starting ComfyUI's own main.py in a subprocess, with this pack in its custom_nodes folder, serving
+the front end of the environment or another version of it from a cache."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +33,49 @@ class DevNodes(ComfyExtension):
 async def comfy_entrypoint():
     return DevNodes()
 '''
+
+
+#: The newest front end the browser test also runs against (the pinned one is in dev-requirements.txt).
+NEWEST_FRONTEND = "1.58.1"
+#: Front-end packages other than the environment's, one folder per version (git-ignored).
+FRONTEND_CACHE = PACK_ROOT / ".cache" / "frontend"
+
+log = logging.getLogger(__name__)
+
+
+def frontend_root(version: str, install: bool = True) -> Optional[Path]:
+    """The static folder of comfyui-frontend-package==version for --front-end-root, from the cache;
+    installed there with pip (--target, so the environment is untouched) when missing and ``install``
+    is set. None when it is not there and cannot be installed."""
+    target = FRONTEND_CACHE / version
+    static = target / "comfyui_frontend_package" / "static"
+    if (static / "index.html").is_file():
+        return static
+    if not install:
+        return None
+    log.info("installing comfyui-frontend-package==%s into %s", version, target)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps"]
+        + ["--target", str(target), f"comfyui-frontend-package=={version}"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0 or not (static / "index.html").is_file():
+        log.warning("could not install comfyui-frontend-package==%s:\n%s", version, result.stderr[-2000:])
+        return None
+    return static
+
+
+#: What ComfyUI logs when a package its requirements.txt lists for the front end is missing or old.
+_MISSING_PACKAGE = re.compile(
+    r"(\S+ is not installed|\S+ package not found|Installed frontend version .* is lower than the recommended)"
+)
+
+
+def missing_package_errors(log_text: str) -> list[str]:
+    """The lines of a ComfyUI log saying that comfyui-frontend-package, comfyui-workflow-templates or
+    comfyui-embedded-docs (ComfyUI's requirements.txt) is missing or older than it asks."""
+    return [line.strip() for line in log_text.splitlines() if _MISSING_PACKAGE.search(line)]
 
 
 def runnable_root(scratch: Path) -> Path:
@@ -82,20 +128,23 @@ def free_port() -> int:
 
 
 class Server:
-    """A live ComfyUI server on loopback; stop() kills it by process id."""
+    """A live ComfyUI server on loopback; stop() kills it by process id. ``front_end_root``: a front
+    end's static folder (see frontend_root) instead of the environment's comfyui-frontend-package."""
 
-    def __init__(self, scratch: Path, dev_nodes: bool = True):
+    def __init__(self, scratch: Path, dev_nodes: bool = True, front_end_root: Optional[Path] = None):
         self.scratch = scratch
         self.base = base_directory(scratch, dev_nodes)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = scratch / "server.log"
+        self.front_end_root = front_end_root
         self.process: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 120.0) -> "Server":
         log = open(self.log_path, "w")
+        extra = ["--front-end-root", str(self.front_end_root)] if self.front_end_root else []
         self.process = subprocess.Popen(
-            command(self.base, "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch"),
+            command(self.base, "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch", *extra),
             cwd=runnable_root(self.scratch),
             env=environment(self.scratch),
             stdout=log,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui
+from .model_sources import BY_NAME, LOADERS, files_note
 from .workflows import UIWorkflow
 
 SDXL = "sd_xl_base_1.0.safetensors"
@@ -21,12 +22,6 @@ FACES = "nested_attention_faces_sdxl.safetensors"
 PETS = "nested_attention_pets_sdxl.safetensors"
 IPA_FACE = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
 NEGATIVE = "blurry, low quality, deformed, watermark, text"
-
-FILES_NOTE = (
-    f"Models: {SDXL} in models/checkpoints, {CLIP_VISION} in models/clip_vision, nested adapters in "
-    "models/nested_adapters. Reference photos go in ComfyUI/input (a square crop of the face works best "
-    "for people). See the pack's README for downloads."
-)
 
 
 @dataclass(frozen=True)
@@ -40,7 +35,7 @@ class Base:
     cfg: float
     sampler: tuple[str, str]
     negative: str
-    files_note: str
+    files_note: Optional[str]  # None: from nested_dev.model_sources, for the files the workflow names
 
 
 SDXL_BASE = Base(
@@ -51,7 +46,7 @@ SDXL_BASE = Base(
     5.0,
     ("dpmpp_2m", "karras"),
     NEGATIVE,
-    FILES_NOTE,
+    None,
 )
 TOY_BASE = Base(
     ("NestedDevToyCheckpoint", {}),
@@ -79,16 +74,29 @@ class Scaffold:
     ):
         self.w = UIWorkflow()
         self.base = base
-        self.checkpoint = self.w.add(base.checkpoint[0], (20, 60), **base.checkpoint[1])
-        self.vision = self.w.add(base.vision[0], (20, 260), **base.vision[1])
+        self.checkpoint = self.loader(base.checkpoint[0], (20, 60), **base.checkpoint[1])
+        self.vision = self.loader(base.vision[0], (20, 260), **base.vision[1])
         self.positive_text, self.seed = positive, seed
         self.steps, self.cfg = steps or base.steps, cfg or base.cfg
         self.model, self.model_slot = self.checkpoint, 0
         self.row = 380
         self.photos: list[dict] = []  # the Load Image node of each subject, in order
 
+    def loader(self, class_type: str, pos: tuple[int, int], **widgets: str) -> dict:
+        """A loader node; a model file with a public URL is declared on it for the missing-models dialog."""
+        node = self.w.add(class_type, pos, **widgets)
+        model = BY_NAME.get(next(iter(widgets.values()), "")) if class_type in LOADERS else None
+        if model is not None and model.url:
+            self.w.declare_models(node, [model.declaration()])
+        return node
+
+    def model_files(self) -> list[str]:
+        """The model files the workflow's loaders name, in node order."""
+        names = [n["widgets_values"][0] for n in self.w.nodes if n["type"] in LOADERS]
+        return list(dict.fromkeys(names))
+
     def adapter(self, name: str, column: int = 380, row: int = 60) -> dict:
-        return self.w.add("LoadNestedAdapter", (column, row), adapter_name=name)
+        return self.loader("LoadNestedAdapter", (column, row), adapter_name=name)
 
     def subject(self, adapter: dict, photo: str, title: str, mask_from_alpha: bool = False) -> dict:
         image = self.w.add("LoadImage", (20, self.row), title=f"{title}: reference photo", image=photo)
@@ -183,7 +191,10 @@ class Scaffold:
         self.w.connect(self.checkpoint, 2, decode, "vae")
         save = self.w.add("SaveImage", (x + 680, 200), filename_prefix=prefix)
         self.w.connect(decode, 0, save, "images")
-        self.w.note(note + "\n\n" + self.base.files_note, (20, self.row), (700, 220))
+        if self.base.files_note is not None:
+            self.w.note(note + "\n\n" + self.base.files_note, (20, self.row), (700, 220))
+        else:
+            self.w.note(note + "\n\n" + files_note(self.model_files()), (20, self.row), (700, 320))
         return self.w.to_json()
 
 
@@ -261,13 +272,23 @@ def attention_maps(
     photo_name: str = "person.png",
     word: str = "person",
     text: str = "a photo of a person playing the violin on a stage, spotlight",
+    others: tuple[tuple[str, str, str], ...] = (),
 ) -> dict:
+    """Record and show the maps of one subject (adapter, photo, word), or of several: ``others`` adds
+    more (adapter, photo, word) subjects, and the maps node then gets one reference photo per subject
+    (Batch Images), in the order the subjects are bound."""
+    subjects = ((adapter, photo_name, word), *others)
     scaffold = Scaffold(text, steps=25 if base is SDXL_BASE else None, base=base)
-    faces = scaffold.adapter(adapter)
-    subject = scaffold.subject(faces, photo_name, word.capitalize())
-    photo = scaffold.photos[-1]
-    scaffold.apply(faces, subject, word, f"Bind the {word}")
-    recorder = scaffold.w.add("RecordNestedAttention", (1100, 60), grid=32, value_layer="", value_at=0.5)
+    adapters: dict[str, dict] = {}
+    for name, _, _ in subjects:
+        if name not in adapters:
+            adapters[name] = scaffold.adapter(name, row=60 + 140 * len(adapters))
+    encoded = [scaffold.subject(adapters[name], photo, bound.capitalize()) for name, photo, bound in subjects]
+    photos = list(scaffold.photos)
+    for (name, _, bound), subject in zip(subjects, encoded):
+        scaffold.apply(adapters[name], subject, bound, f"Bind the {bound}")
+    column = 760 + 340 * len(subjects)
+    recorder = scaffold.w.add("RecordNestedAttention", (column, 60), grid=32, value_layer="", value_at=0.5)
     scaffold.w.connect(scaffold.model, scaffold.model_slot, recorder, "model")
     scaffold.model, scaffold.model_slot = recorder, 0
     workflow = scaffold.finish(
@@ -291,7 +312,13 @@ def attention_maps(
     )
     w.connect(recorder, 1, maps, "recording")
     w.connect(decode, 0, maps, "images")
-    w.connect(photo, 0, maps, "reference")
+    reference = photos[0]
+    for row, photo in enumerate(photos[1:]):
+        batch = w.add("ImageBatch", (380, scaffold.row + 340 + 120 * row), title="Reference photos, one per subject")
+        w.connect(reference, 0, batch, "image1")
+        w.connect(photo, 0, batch, "image2")
+        reference = batch
+    w.connect(reference, 0, maps, "reference")
     for slot, title in enumerate(("Where the subject acts", "Source region", "Per-query values")):
         preview = w.add("PreviewImage", (decode["pos"][0] + 560, 420 + 300 * slot), title=title)
         w.connect(maps, slot, preview, "images")

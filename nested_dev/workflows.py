@@ -99,6 +99,11 @@ class UIWorkflow:
         self.nodes.append(node)
         return node
 
+    def declare_models(self, node: dict, models: list[dict]) -> None:
+        """Declare the model files a loader node names ({name, url, directory} each), so the front end's
+        missing-models dialog can offer their download (it reads node["properties"]["models"])."""
+        node["properties"]["models"] = [dict(model) for model in models]
+
     def note(self, text: str, pos: tuple[int, int], size: tuple[int, int] = (420, 200)) -> dict:
         node = {
             "id": len(self.nodes) + 1,
@@ -188,6 +193,28 @@ def check_workflow(workflow: dict) -> list[str]:
                 problems.append(
                     f"node {node['id']} ({node['type']}): required input '{entry['name']}' is not connected"
                 )
+        problems += [f"node {node['id']} ({node['type']}): {p}" for p in model_declaration_problems(node)]
+    return problems
+
+
+#: Suffixes the front end's missing-models dialog downloads.
+DOWNLOADABLE = (".safetensors", ".sft")
+
+
+def model_declaration_problems(node: dict) -> list[str]:
+    """Problems of a node's properties.models that would make the front end drop an entry or refuse
+    the workflow: its schema needs name, url and directory; the dialog only lists an entry whose name
+    is a widget value of the node, and only downloads https URLs of .safetensors/.sft files."""
+    problems = []
+    values = {v for v in node.get("widgets_values", []) if isinstance(v, str)}
+    for model in node.get("properties", {}).get("models", []):
+        if set(model) != {"name", "url", "directory"} or not all(isinstance(v, str) and v for v in model.values()):
+            problems.append(f"model entry {model} needs exactly name, url and directory")
+            continue
+        if model["name"] not in values:
+            problems.append(f"declares {model['name']}, which none of its widgets names")
+        if not model["url"].startswith("https://") or not model["name"].endswith(DOWNLOADABLE):
+            problems.append(f"{model['name']}: the dialog downloads only https URLs of {DOWNLOADABLE} files")
     return problems
 
 

@@ -68,13 +68,23 @@ class NestedAttentionMaps(io.ComfyNode):
                 "of the first image, which region of the reference photo it draws from: the nested-token weights "
                 "there times each token's Q-Former attention over the CLIP patches (a distribution summing to 1). "
                 "value_maps: the per-query values v*_q at the snapshot layer and step, projected to RGB by PCA, "
-                "beside the word's single plain value. In the browser, click the generated image to move the point."
+                "beside the word's single plain value. In the browser, click the generated image to move the point. "
+                "reference: one photo shared by every subject, or one per subject in the order the Apply nodes are "
+                "chained (the first after the checkpoint first), or every subject's encoded photos in that order "
+                "(a subject encoded with combine=concat from 3 photos takes 3); batch several Load Image nodes "
+                "with Batch Images."
             ),
             inputs=[
                 NestedRecordingIO.Input("recording"),
                 io.Image.Input("images", tooltip="The decoded images of the recorded sampling"),
                 io.Image.Input(
-                    "reference", optional=True, tooltip="The subject's reference photo(s), for the source map"
+                    "reference",
+                    optional=True,
+                    tooltip=(
+                        "The subjects' reference photos, for the source map: one for all subjects, or one per "
+                        "subject in the order the Apply nodes are chained, or each subject's encoded photos in "
+                        "that order (combine=concat: one per photo)"
+                    ),
                 ),
                 io.Float.Input("point_x", default=0.5, min=0.0, max=1.0, step=0.01),
                 io.Float.Input("point_y", default=0.5, min=0.0, max=1.0, step=0.01),
@@ -103,8 +113,16 @@ class NestedAttentionMaps(io.ComfyNode):
         reference: Optional[Tensor] = None,
     ) -> io.NodeOutput:
         maps = render_maps(recording, images, point_x, point_y, parts, first_step, last_step, reference)
-        views = {"generated": _temp_image(images[:1], cls)[0], "reference": _temp_image(maps.photos, cls)}
-        payload = [entry | views for entry in maps.payload]
+        generated = _temp_image(images[:1], cls)[0]
+        photos = _temp_image(maps.photos, cls)
+        # Each subject's view gets its own photos, in the order its tokens number them; without a reference
+        # input there is only a grey stand-in, and no place in the input to name.
+        payload = [
+            entry
+            | {"generated": generated, "reference": [photos[i] for i in entry["reference_index"]]}
+            | ({} if reference is not None else {"reference_index": None})
+            for entry in maps.payload
+        ]
         return io.NodeOutput(maps.subject_maps, maps.source_maps, maps.value_maps, ui={"nested_maps": payload})
 
 

@@ -25,7 +25,41 @@ class RenderedMaps:
     source_maps: Tensor  # [S, 256, 256, 3]
     value_maps: Tensor  # [S', 256, W', 3]
     photos: Tensor  # the reference photos as shown, [P, 256, 256, 3]
-    payload: list[dict]  # per subject, what the browser view needs to redraw the source map
+    payload: list[dict]  # per subject, what the browser view needs to redraw the source map; its
+    # "reference_index" lists the places in `photos` of the subject's own photos
+
+
+def photos_needed(binding: SubjectBinding) -> int:
+    """How many reference photos a subject's source map is drawn on: one per photo it was encoded from
+    with combine=concat (its tokens remember their photo), else one (averaged tokens)."""
+    if binding.token_photo is None or int(binding.token_photo.max()) < 0:
+        return 1
+    return int(binding.token_photo.max()) + 1
+
+
+def assign_photos(needed: list[int], count: int, names: list[str]) -> list[list[int]]:
+    """Which photos of a reference batch of ``count`` each subject uses, subjects in binding order:
+
+    * one photo: shared by every subject (and every photo of a subject);
+    * one photo per subject: each subject's photo, also for all the photos of a concat subject;
+    * one photo per encoded photo (the sum of ``needed``): each subject takes its photos in turn.
+
+    NestedAttentionError for any other count, saying which counts fit."""
+    if count == 1:
+        return [[0] * n for n in needed]
+    if count == len(needed):
+        return [[s] * n for s, n in enumerate(needed)]
+    if count == sum(needed):
+        starts = [sum(needed[:s]) for s in range(len(needed))]
+        return [list(range(start, start + n)) for start, n in zip(starts, needed)]
+    per_photo = ", ".join(f"{name} x{n}" for name, n in zip(names, needed))
+    fits = sorted({1, len(needed), sum(needed)})
+    raise NestedAttentionError(
+        f"Nested Attention Maps: reference has {count} photos, but the recording has {len(needed)} subject(s) "
+        f"({', '.join(names)}); give {' or '.join(str(n) for n in fits)} photos: one shared by all, one per "
+        f"subject in the order the Apply nodes are chained, or every subject's encoded photos in that order "
+        f"({per_photo}). Batch several Load Image nodes with 'Batch Images'."
+    )
 
 
 def render_maps(
@@ -53,6 +87,10 @@ def render_maps(
         if reference is not None
         else torch.full((1, SOURCE_SIZE, SOURCE_SIZE, 3), 0.5)
     )
+    registry = recording.registry
+    assigned = assign_photos(
+        [photos_needed(b) for b in registry], photos.shape[0], [b.name for b in registry]
+    )  # per bound subject, its photos' places in `photos`
     subject_maps, source_maps, value_maps, payload = [], [], [], []
     for index in sorted(recording.traces):
         trace = recording.traces[index]
@@ -64,11 +102,12 @@ def render_maps(
         subject_maps.append(overlay(images[: acting.shape[0]], acting))
         weights = maps[0, 1:]  # [T, gh, gw]
         source, photo = source_at(weights, binding, point_x, point_y)
-        base = photos[min(max(photo, 0), photos.shape[0] - 1)][None]
+        own = assigned[index]
+        base = photos[own[min(max(photo, 0), len(own) - 1)]][None]
         source_maps.append(overlay(base, normalised(source)[None]) if source is not None else base)
         if trace.values is not None:
             value_maps.append(value_image(trace.values[0], trace.class_value))
-        payload.append(browser_payload(binding, weights, trace.name))
+        payload.append(browser_payload(binding, weights, trace.name) | {"reference_index": own})
     if not subject_maps:
         raise NestedAttentionError(
             f"Nested Attention Maps: no subject was recorded in parts '{parts}' between steps {steps[0]} and {steps[1]}"

@@ -24,7 +24,7 @@ ALLOWED = {
     "nested_train": {"nested_core", "nodes", "nested_train", "comfy"},
     "toy_world": {"nested_core", "nodes", "nested_train", "toy_world", "comfy"},
     "nested_dev": {"nested_core", "nodes", "nested_train", "toy_world", "nested_dev", "comfy"},
-    "bench": {"nested_core", "nodes", "nested_train", "toy_world", "nested_dev", "comfy"},
+    "bench": {"nested_core", "nodes", "nested_train", "toy_world", "nested_dev", "comfy", "bench"},
     "tests": {"nested_core", "nodes", "nested_train", "toy_world", "nested_dev", "comfy", "tests"},
 }
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "execution", "server"}

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
-from graph import Graph, run_prompt
+from graph import Graph, GraphError, run_prompt
 from reference_math import nested_attention_reference
 
 from nested_attention.nested_core.attention import TokenPositions
+from nested_attention.nested_core.errors import NestedAttentionError
+from nested_attention.nested_core.images import center_square
 from nested_attention.nested_core.maps import (
     nested_token_weights,
     pca_rgb,
@@ -16,7 +21,8 @@ from nested_attention.nested_core.maps import (
     source_heatmap,
     subject_attention,
 )
-from nested_attention.nodes.maps_render import source_at
+from nested_attention.nodes.map_images import normalised, overlay
+from nested_attention.nodes.maps_render import SOURCE_SIZE, assign_photos, source_at
 from nested_attention.nodes.recording import Recording
 from nested_dev.dev_nodes import CAPTURED
 
@@ -159,3 +165,132 @@ def test_source_map_of_the_node_sums_to_one(pack, assets):
     heat, photo = source_at(weights, recording.registry[0], 0.25, 0.5)
     assert photo == 0 and heat.shape == (4, 4)
     torch.testing.assert_close(heat.sum(), torch.tensor(1.0))
+
+
+def test_reference_photos_are_assigned_to_subjects_by_the_documented_rule():
+    # Subjects in binding order; the second was encoded from 3 photos with combine=concat.
+    needed, names = [1, 3, 1], ["'person'", "'dog'", "'cat'"]
+    assert assign_photos(needed, 1, names) == [[0], [0, 0, 0], [0]]  # one photo shared by all
+    assert assign_photos(needed, 3, names) == [[0], [1, 1, 1], [2]]  # one per subject
+    assert assign_photos(needed, 5, names) == [[0], [1, 2, 3], [4]]  # every encoded photo, in turn
+    with pytest.raises(NestedAttentionError, match=r"reference has 4 photos.*give 1 or 3 or 5 photos.*'dog' x3"):
+        assign_photos(needed, 4, names)
+
+
+def two_subject_maps_graph(photos: list[int], dog_photos: int = 1) -> tuple[Graph, str]:
+    """Person and dog (tiny SD1.5 adapters), each encoded from its own solid-colour photo(s); the maps
+    node gets the colours ``photos`` (0xRRGGBB) batched as its reference (none if empty). Returns the
+    graph and the maps node's id."""
+    g = Graph()
+    tiny = g.add("NestedDevTinyCheckpoint", kind="sd15", seed=0)
+    vision = g.add("NestedDevTinyCLIPVision", seed=0)
+
+    def batch(colours: list[int]):
+        images = [g.add("EmptyImage", width=48, height=48, batch_size=1, color=c)[0] for c in colours]
+        out = images[0]
+        for image in images[1:]:
+            out = g.add("ImageBatch", image1=out, image2=image)[0]
+        return out
+
+    model = tiny[0]
+    for word, colours in (("person", [0xFF0000]), ("dog", [0x0000FF] * dog_photos)):
+        adapter = g.add("LoadNestedAdapter", adapter_name=f"sd15_{word}.safetensors")[0]
+        combine = "concat" if len(colours) > 1 else "average"
+        subject = g.add(
+            "EncodeSubjectQFormer", adapter=adapter, clip_vision=vision[0], image=batch(colours), combine=combine
+        )
+        model = g.add(
+            "ApplyNestedAttention",
+            model=model,
+            adapter=adapter,
+            subject=subject[0],
+            token=word,
+            weight=1.0,
+            start_at=0.0,
+            end_at=1.0,
+        )[0]
+    recorder = g.add("RecordNestedAttention", model=model, grid=8)
+    positive = g.add("NestedTextEncode", clip=tiny[1], text="a photo of a person and a dog on a boat")
+    negative = g.add("NestedTextEncode", clip=tiny[1], text="blurry")
+    latent = g.add("EmptyLatentImage", width=64, height=64, batch_size=1)
+    sampled = g.sample(recorder[0], positive[0], negative[0], latent[0], seed=3, steps=3, cfg=5.0)
+    images = g.add("VAEDecode", samples=sampled[0], vae=tiny[2])
+    g.add("NestedDevCapture", value=recorder[1], label="maps:recording")
+    reference = {}
+    if photos:
+        g.add("NestedDevCapture", value=batch(photos), label="maps:reference")
+        reference["reference"] = batch(photos)
+    maps = g.add(
+        "NestedAttentionMaps",
+        recording=recorder[1],
+        images=images[0],
+        point_x=0.25,
+        point_y=0.5,
+        parts="all",
+        first_step=0.0,
+        last_step=1.0,
+        **reference,
+    )
+    g.add("NestedDevCapture", value=maps[1], label="maps:source")
+    return g, maps.id
+
+
+def run_with_ui(prompt: dict) -> dict:
+    """Run through ComfyUI's executor with a client, so nodes report their UI output; node id -> output."""
+    from nested_dev.headless import execute
+
+    executor, log = execute(prompt, "maps-ui", client_id="test")
+    errors = [data for event, data in log.events if event == "execution_error"]
+    assert executor.success and not errors, errors
+    return {data["node"]: data["output"] for event, data in log.events if event == "executed"}
+
+
+def mean_colour(ref: dict) -> torch.Tensor:
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    path = Path(folder_paths.get_directory_by_type(ref["type"])) / ref["subfolder"] / ref["filename"]
+    return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255).mean((0, 1))
+
+
+def test_each_subject_gets_its_own_reference_photo(pack, assets):
+    graph, maps_id = two_subject_maps_graph([0xFF0000, 0x0000FF])  # red for the person, blue for the dog
+    outputs = run_with_ui(graph.prompt)
+    recording, reference = CAPTURED["maps:recording"], CAPTURED["maps:reference"]
+    assert [b.name for b in recording.registry] == ["'person' (every occurrence)", "'dog' (every occurrence)"]
+    photos = center_square(reference, SOURCE_SIZE)
+    # The source map of each subject is drawn over its own photo (what the node computes, rebuilt here).
+    for index, colour in ((0, "red"), (1, "blue")):
+        weights = recording.averaged(index, ("input", "middle", "output"), 0, 2)[0, 1:]
+        heat, photo = source_at(weights, recording.registry[index], 0.25, 0.5)
+        expected = overlay(photos[index][None], normalised(heat)[None])
+        torch.testing.assert_close(CAPTURED["maps:source"][index : index + 1], expected, msg=colour)
+    # The browser view is given each subject's own photo (saved in ComfyUI's temp folder).
+    entries = outputs[maps_id]["nested_maps"]
+    assert [e["subject"].split()[0] for e in entries] == ["'person'", "'dog'"]
+    assert [e["reference_index"] for e in entries] == [[0], [1]]
+    person, dog = (mean_colour(e["reference"][0]) for e in entries)
+    assert person[0] > 0.9 and person[2] < 0.1 and dog[2] > 0.9 and dog[0] < 0.1
+
+
+def test_one_reference_photo_is_shared_and_a_wrong_count_is_refused(pack, assets):
+    graph, maps_id = two_subject_maps_graph([0x00FF00])
+    entries = run_with_ui(graph.prompt)[maps_id]["nested_maps"]
+    assert [e["reference_index"] for e in entries] == [[0], [0]]
+    assert all(mean_colour(e["reference"][0])[1] > 0.9 for e in entries)
+    graph, _ = two_subject_maps_graph([0xFF0000, 0x0000FF, 0x00FF00])
+    with pytest.raises(GraphError, match=r"reference has 3 photos.*give 1 or 2 photos"):
+        run_prompt(graph.prompt)
+    graph, maps_id = two_subject_maps_graph([])  # no reference: a grey stand-in, and no photo to name
+    entries = run_with_ui(graph.prompt)[maps_id]["nested_maps"]
+    assert [e["reference_index"] for e in entries] == [None, None]
+    assert all(torch.allclose(mean_colour(e["reference"][0]), torch.full((3,), 0.5), atol=0.01) for e in entries)
+
+
+def test_a_concat_subject_takes_one_reference_photo_per_encoded_photo(pack, assets):
+    # The dog is encoded from 2 photos (concat): references red | blue, blue | green.
+    graph, maps_id = two_subject_maps_graph([0xFF0000, 0x0000FF, 0x00FF00], dog_photos=2)
+    entries = run_with_ui(graph.prompt)[maps_id]["nested_maps"]
+    assert [e["reference_index"] for e in entries] == [[0], [1, 2]]
+    assert [int(mean_colour(ref).argmax()) for ref in entries[1]["reference"]] == [2, 1]  # blue, then green
