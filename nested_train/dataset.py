@@ -2,8 +2,10 @@
 
 Layout: ``<data>/<subject>/<image>.(png|jpg|jpeg|webp)``, optionally with ``<image>.txt`` (its
 caption, which must contain the class word) and ``<image>.mask.png`` (white on the subject, same
-size as the image). Or a ``.jsonl`` manifest with one ``{"image", "subject", "caption"?, "mask"?}``
-per line, paths relative to the manifest.
+size as the image), and ``<data>/<subject>/word.txt`` when that subject's class word is not the
+run's ``class_word`` (an adapter for dogs and cats binds each subject to its own word). Or a
+``.jsonl`` manifest with one ``{"image", "subject", "caption"?, "mask"?, "word"?}`` per line, paths
+relative to the manifest.
 
 An example for (seed, step, index) is always the same, whatever the number of processes, so runs
 resume exactly and multi-process runs see the same data as single-process ones.
@@ -50,6 +52,7 @@ class Photo:
 class Subject:
     name: str
     photos: tuple[Photo, ...]
+    word: str  # the prompt word the subject is bound to
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Example:
     target_path: Path  # where it came from (the key of the latent cache)
     reference: Tensor  # [h, w, 3] in 0..1, what the encoder sees (background filled if masked)
     caption: str
+    word: str  # the subject's word in the caption
     bind: bool  # False: the subject is dropped for this example
 
 
@@ -72,10 +76,13 @@ class SubjectDataset:
         cls,
         config: TrainConfig,
         is_one_token: Callable[[str], Optional[str]],
-        caption_problem: Callable[[str], Optional[str]],
+        caption_problem: Callable[[str, str], Optional[str]],
         min_size: int,
     ) -> "SubjectDataset":
-        """Read the layout, check every file, and raise DatasetError listing all problems."""
+        """Read the layout, check every file, and raise DatasetError listing all problems.
+
+        ``is_one_token(word)`` and ``caption_problem(caption, word)`` say what is wrong, or None.
+        """
         source = config.data
         root = Path(source)
         problems: list[str] = []
@@ -84,14 +91,22 @@ class SubjectDataset:
             problems.append(f"class word: {problem}")
         if not root.exists():
             raise DatasetError(source, [f"{root} does not exist"] + problems)
-        entries = _manifest(root, problems) if root.is_file() else _folders(root, problems)
+        words: dict[str, str] = {}
+        entries = _manifest(root, words, problems) if root.is_file() else _folders(root, words, problems)
         subjects = []
         for name, photos in sorted(entries.items()):
-            usable = [p for p in photos if _check_photo(p, min_size, caption_problem, problems)]
+            word = words.get(name, config.class_word)
+            if name in words and (problem := is_one_token(word)):
+                problems.append(f"subject '{name}': its word: {problem}")
+
+            def caption_ok(caption: str, word: str = word) -> Optional[str]:
+                return caption_problem(caption, word)
+
+            usable = [p for p in photos if _check_photo(p, min_size, caption_ok, problems)]
             if not usable:
                 problems.append(f"subject '{name}' has no usable image")
             else:
-                subjects.append(Subject(name, tuple(usable)))
+                subjects.append(Subject(name, tuple(usable), word))
         if not entries:
             problems.append("no subject found (expected one sub-folder of images per subject)")
         if problems:
@@ -102,9 +117,9 @@ class SubjectDataset:
         """The index-th example of a step: a target photo, a reference crop, a caption; always the same
         for the same (seed, step, index)."""
         config = self.config
-        seed, word = config.seed, config.class_word
-        rng = random.Random(f"{seed}:{step}:{index}")
+        rng = random.Random(f"{config.seed}:{step}:{index}")
         subject = self.subjects[rng.randrange(len(self.subjects))]
+        word = subject.word
         target = subject.photos[rng.randrange(len(subject.photos))]
         source = (
             target
@@ -120,6 +135,7 @@ class SubjectDataset:
             target_path=target.path,
             reference=self._reference(source, rng),
             caption=caption,
+            word=word,
             bind=bind,
         )
 
@@ -149,9 +165,11 @@ class SubjectDataset:
         return torch.from_numpy(np.ascontiguousarray(crop))
 
 
-def _folders(root: Path, problems: list[str]) -> dict[str, list[Photo]]:
+def _folders(root: Path, words: dict[str, str], problems: list[str]) -> dict[str, list[Photo]]:
     entries: dict[str, list[Photo]] = {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / "word.txt").is_file():
+            words[folder.name] = (folder / "word.txt").read_text().strip()
         photos = []
         for path in sorted(folder.iterdir()):
             if path.name.endswith(MASK_SUFFIX) or path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -164,7 +182,7 @@ def _folders(root: Path, problems: list[str]) -> dict[str, list[Photo]]:
     return entries
 
 
-def _manifest(path: Path, problems: list[str]) -> dict[str, list[Photo]]:
+def _manifest(path: Path, words: dict[str, str], problems: list[str]) -> dict[str, list[Photo]]:
     entries: dict[str, list[Photo]] = {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -173,7 +191,13 @@ def _manifest(path: Path, problems: list[str]) -> dict[str, list[Photo]]:
             row = json.loads(line)
             image = path.parent / row["image"]
             mask = path.parent / row["mask"] if row.get("mask") else None
-            entries.setdefault(str(row["subject"]), []).append(Photo(image, row.get("caption"), mask))
+            subject = str(row["subject"])
+            entries.setdefault(subject, []).append(Photo(image, row.get("caption"), mask))
+            if row.get("word"):
+                if words.setdefault(subject, str(row["word"])) != str(row["word"]):
+                    problems.append(
+                        f"{path}:{number}: subject '{subject}' has two words, '{words[subject]}' and '{row['word']}'"
+                    )
         except (ValueError, KeyError, TypeError) as error:
             problems.append(f"{path}:{number}: expected a JSON object with 'image' and 'subject' ({error})")
     return entries

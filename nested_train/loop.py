@@ -58,26 +58,25 @@ class Trainer:
         problems = frozen.problems(config)
         if problems:
             raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
-        word_id = None if _token_problem(config.class_word) else resolve_token(config.class_word)
 
-        def caption_problem(caption: str) -> Optional[str]:
+        def caption_problem(caption: str, word: str) -> Optional[str]:
             ids = tokenize_prompt(caption).ids
             if len(ids) > CONTEXT_TOKENS:  # every caption of a batch must give a context of one length
                 return f"is longer than {CONTEXT_TOKENS - 2} tokens (the trainer encodes one 77-token chunk)"
-            if word_id is not None and word_id not in ids:  # (a bad class word is reported on its own)
-                return f"does not contain the class word '{config.class_word}'"
+            if not _token_problem(word) and resolve_token(word) not in ids:  # (a bad word is reported on its own)
+                return f"does not contain the class word '{word}'"
             return None
 
         self.dataset = SubjectDataset.scan(
             config, _token_problem, caption_problem, min_size=max(16, config.resolution // 4)
         )
-        self.word_id = word_id
         if self.world > 1 and not torch.distributed.is_initialized():
             torch.distributed.init_process_group("nccl" if config.uses_cuda() else "gloo")
         self.device = mm.get_torch_device()
         self.output = Path(config.output)
         self.parts = frozen.load(config)
-        self.adapter = create_adapter(config, self.parts).to(self.device)
+        words = tuple(sorted({s.word for s in self.dataset.subjects}))
+        self.adapter = create_adapter(config, self.parts, words).to(self.device)
         self.module = TrainableAdapter(self.adapter)
         self.trained = torch.nn.parallel.DistributedDataParallel(self.module) if self.world > 1 else self.module
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -88,7 +87,7 @@ class Trainer:
         self.layers = {key: index for index, key in enumerate(self.adapter.config.layer_keys)}
         self.patches = patches(self.parts.sites, patch_class)
         self._latent_cache: dict[Path, Tensor] = {}
-        self._text_cache: dict[str, tuple[Tensor, Tensor, list[int]]] = {}
+        self._text_cache: dict[tuple[str, str], tuple[Tensor, Tensor, list[int]]] = {}
         self.step = 0
         if resume:
             self._resume()
@@ -144,7 +143,7 @@ class Trainer:
         examples = [self.dataset.example(self.step, i) for i in indices]
         features = self._features(examples)
         tokens, pairs = self.trained(features)
-        context, pooled, positions = self._captions([e.caption for e in examples])
+        context, pooled, positions = self._captions(examples)
         positions = [found if e.bind else [] for found, e in zip(positions, examples)]
         step = TrainingStep(
             kv={key: pairs[i] for key, i in self.layers.items()},
@@ -182,11 +181,12 @@ class Trainer:
                     self._latent_cache[example.target_path] = latent[0]
         return torch.stack([self._latent_cache[e.target_path] for e in examples])
 
-    def _captions(self, captions: list[str]) -> tuple[Tensor, Tensor, list[list[int]]]:
-        """Frozen text encodings, computed once per distinct caption."""
-        for caption in set(captions) - set(self._text_cache):
-            self._text_cache[caption] = encode_caption(self.parts.clip, caption, self.word_id)
-        entries = [self._text_cache[c] for c in captions]
+    def _captions(self, examples: list[Example]) -> tuple[Tensor, Tensor, list[list[int]]]:
+        """Frozen text encodings and the subject word's positions, computed once per caption and word."""
+        keys = [(e.caption, e.word) for e in examples]
+        for caption, word in set(keys) - set(self._text_cache):
+            self._text_cache[caption, word] = encode_caption(self.parts.clip, caption, resolve_token(word))
+        entries = [self._text_cache[key] for key in keys]
         return torch.cat([e[0] for e in entries]), torch.cat([e[1] for e in entries]), [list(e[2]) for e in entries]
 
     def _features(self, examples: list[Example]) -> Tensor:

@@ -31,8 +31,9 @@ class TrainableAdapter(nn.Module):
         return tokens, self.adapter.project(tokens)
 
 
-def create_adapter(config: TrainConfig, parts: FrozenParts) -> NestedAdapter:
-    """A NestedAdapter for the model's layers: from an existing file, or freshly initialised."""
+def create_adapter(config: TrainConfig, parts: FrozenParts, words: tuple[str, ...] = ()) -> NestedAdapter:
+    """A NestedAdapter for the model's layers: from an existing file, or freshly initialised.
+    ``words`` are the subjects' words (the run's class word when empty), stored as its class word."""
     keys = tuple(diffusers_order(parts.sites))
     context = {s.context_dim for s in parts.sites.values()}.pop()
     vision_width = parts.vision_width
@@ -77,7 +78,7 @@ def create_adapter(config: TrainConfig, parts: FrozenParts) -> NestedAdapter:
         layer_dims=tuple(parts.sites[k].inner_dim for k in keys),
         layer_keys=keys,
         base_family=family_of_context_dim(context),
-        class_word=config.class_word,
+        class_word="/".join(words) if words else config.class_word,
     )
     torch.manual_seed(config.seed)
     adapter = NestedAdapter(adapter_config)

@@ -27,15 +27,15 @@ def render_samples(trainer: Any, folder: Path) -> list[Path]:
         path = Path(scratch) / "adapter.safetensors"
         save_native(path, trainer.adapter.config, trainer.adapter.state_dict())
         adapter = load_adapter(str(path), f"step {trainer.step}")
-    photo = trainer.dataset.subjects[0].photos[0]
-    image = torch.from_numpy(trainer.dataset._pixels(photo.path))[None]
+    first = trainer.dataset.subjects[0]
+    image = torch.from_numpy(trainer.dataset._pixels(first.photos[0].path))[None]
     subject = encode_subject(adapter, parts.clip_vision, image)
-    model = apply_subject(parts.model, adapter, subject, config.class_word)
+    model = apply_subject(parts.model, adapter, subject, first.word)
     negative = encode_prompt(parts.clip, "")
     size = config.resolution // 8
     written = []
     for number, template in enumerate(config.sample_prompts):
-        text = template.format(word=config.class_word)
+        text = template.format(word=first.word)
         positive = encode_prompt(parts.clip, text)
         latent = torch.zeros(1, 4, size, size)
         with torch.no_grad():

@@ -17,6 +17,7 @@ from train_data import make_dataset
 from nested_attention.nested_core import load_adapter_checkpoint
 from nested_attention.nested_train.dataset import DatasetError
 from nested_attention.nested_train.loop import Trainer
+from nested_attention.nodes.tokens import resolve_token, tokenize_prompt
 from nested_dev.comfy_env import PACK_ROOT
 from nested_dev.comfy_server import free_port
 from nested_dev.dev_nodes import CAPTURED
@@ -249,3 +250,23 @@ def test_bad_data_is_listed_in_full_before_training(pack, tmp_path):
     assert not spy.loaded, "no model may be loaded before the data is checked"
     with pytest.raises(DatasetError, match="class word: token 'ohwx dog' is 2 CLIP tokens"):
         Trainer(config(tmp_path, data=str(data), class_word="ohwx dog"), TINY_PARTS)
+
+
+def test_subjects_bound_to_words_of_their_own(pack, tmp_path):
+    """word.txt in a subject's folder: its captions must contain that word, and training binds it there."""
+    data = make_dataset(tmp_path / "data", subjects=2)
+    (data / "subject_1" / "word.txt").write_text("cat")
+    (data / "subject_1" / "0.txt").write_text("a photo of a dog in a garden")
+    with pytest.raises(DatasetError, match="subject_1/0.png: its caption does not contain the class word 'cat'"):
+        Trainer(config(tmp_path, data=str(data)), TINY_PARTS)
+    (data / "subject_1" / "0.txt").write_text("a photo of a cat in a garden")
+    trainer = Trainer(config(tmp_path, data=str(data), steps=1), TINY_PARTS)
+    assert {s.name: s.word for s in trainer.dataset.subjects} == {"subject_0": "dog", "subject_1": "cat"}
+    examples = [trainer.dataset.example(0, i) for i in range(8)]
+    _, _, positions = trainer._captions(examples)
+    for example, found in zip(examples, positions):
+        ids = tokenize_prompt(example.caption).ids
+        assert found and all(ids[p] == resolve_token(example.word) for p in found), (example.caption, example.word)
+    assert {e.word for e in examples} == {"dog", "cat"}
+    trainer.train()
+    assert load_adapter_checkpoint(tmp_path / "out" / "adapter.safetensors").config.class_word == "cat/dog"
