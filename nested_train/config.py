@@ -23,6 +23,7 @@ class TrainConfig:
     output: str = "train_output"
     # the adapter
     init_adapter: Optional[str] = None  # start from an IP-Adapter-Plus or native file; else from scratch
+    init_from_unet: bool = False  # from scratch: nested to_k/to_v start as each layer's own to_k/to_v
     num_tokens: int = 16
     qformer_dim: int = 1280
     qformer_depth: int = 4
@@ -89,6 +90,8 @@ class TrainConfig:
         for name in ("drop_text", "drop_subject", "same_image_reference"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
+        if self.init_from_unet and self.init_adapter:
+            problems.append("init_from_unet and init_adapter both set: start from the UNet or from a file, not both")
         if problems:
             raise ValueError("invalid training settings:\n  - " + "\n  - ".join(problems))
 
@@ -98,6 +101,7 @@ FREE_ON_RESUME = {
     "output",
     "steps",
     "init_adapter",
+    "init_from_unet",
     "cache_latents",
     "gradient_checkpointing",
     "device",

@@ -13,6 +13,7 @@ from ..nested_core.adapter import AdapterConfig, NestedAdapter, family_of_contex
 from ..nested_core.checkpoint import load_adapter_checkpoint
 from ..nested_core.layers import bind_layers, diffusers_order
 from ..nested_core.qformer import QFormerConfig
+from ..nodes.model_layers import attn2_modules
 from .config import TrainConfig
 from .frozen import FrozenParts
 
@@ -84,6 +85,14 @@ def create_adapter(config: TrainConfig, parts: FrozenParts, words: tuple[str, ..
     adapter = NestedAdapter(adapter_config)
     if state is not None:
         adapter.load_state_dict(state, strict=True)
+    elif config.init_from_unet:
+        # As IP-Adapter initialises its to_k_ip/to_v_ip: the nested tokens start out projected as the
+        # layer projects text, so the values live where the word's own value lives.
+        modules = attn2_modules(parts.model)
+        with torch.no_grad():
+            for index, key in enumerate(keys):
+                adapter.nested[index].to_k.weight.copy_(modules[key].to_k.weight)
+                adapter.nested[index].to_v.weight.copy_(modules[key].to_v.weight)
     return adapter
 
 

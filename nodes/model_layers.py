@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from comfy.model_patcher import ModelPatcher
 
@@ -17,8 +18,17 @@ def attn2_sites(model: ModelPatcher) -> dict[LayerKey, SiteShape]:
 
     The middle block is always number 0 in ComfyUI's keys, whatever its module index.
     """
-    unet = model.get_model_object("diffusion_model")
     sites: dict[LayerKey, SiteShape] = {}
+    for key, attn2 in attn2_modules(model).items():
+        inner, context = attn2.to_k.weight.shape
+        sites[key] = SiteShape(inner_dim=int(inner), context_dim=int(context))
+    return sites
+
+
+def attn2_modules(model: ModelPatcher) -> dict[LayerKey, Any]:
+    """The cross-attention module of every attn2 site (its to_k / to_v project the text context)."""
+    unet = model.get_model_object("diffusion_model")
+    modules: dict[LayerKey, Any] = {}
     for name, module in unet.named_modules():
         attn2 = getattr(module, "attn2", None)
         if attn2 is None or not hasattr(attn2, "to_k"):
@@ -31,6 +41,5 @@ def attn2_sites(model: ModelPatcher) -> dict[LayerKey, SiteShape]:
             if not match:
                 continue
             key = LayerKey("middle", 0, int(match.group(1)))
-        inner, context = attn2.to_k.weight.shape
-        sites[key] = SiteShape(inner_dim=int(inner), context_dim=int(context))
-    return sites
+        modules[key] = attn2
+    return modules

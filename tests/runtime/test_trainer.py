@@ -194,6 +194,25 @@ def test_starting_from_an_ip_adapter_plus_file(pack, assets, tmp_path):
     trainer.train()
 
 
+def test_starting_with_the_unets_own_projections(pack, tmp_path):
+    """init_from_unet: every layer's nested to_k / to_v start as that layer's attn2 to_k / to_v (as
+    IP-Adapter initialises to_k_ip / to_v_ip), so a nested token starts out projected like text."""
+    from nested_attention.nested_core.layers import diffusers_order
+    from nested_attention.nodes.model_layers import attn2_modules
+
+    trainer = Trainer(config(tmp_path, steps=1, init_from_unet=True), TINY_PARTS)
+    modules = attn2_modules(trainer.parts.model)
+    keys = tuple(diffusers_order(trainer.parts.sites))
+    assert len(keys) == len(trainer.adapter.nested) > 1
+    for index, key in enumerate(keys):
+        assert torch.equal(trainer.adapter.nested[index].to_k.weight, modules[key].to_k.weight.float()), key
+        assert torch.equal(trainer.adapter.nested[index].to_v.weight, modules[key].to_v.weight.float()), key
+    scratch = Trainer(config(tmp_path / "scratch", steps=1), TINY_PARTS)
+    assert not torch.equal(scratch.adapter.nested[0].to_k.weight, trainer.adapter.nested[0].to_k.weight)
+    with pytest.raises(ValueError, match="init_from_unet and init_adapter"):
+        config(tmp_path, init_from_unet=True, init_adapter="x.safetensors").validate()
+
+
 class SpyParts:
     """A frozen-parts loader that notes whether the trainer asked it for the models."""
 
