@@ -29,7 +29,7 @@ from toy_world import WEIGHTS
 from toy_world.world import split_identities, subject_photo
 
 from .comfy_env import PACK_ROOT, load_pack, prepare_comfyui, use_folders
-from .make_workflows import DEMO_WORKFLOW, TOY_ADAPTER, TOY_WORKFLOWS
+from .make_workflows import DEMO_WORKFLOW, TOY_ADAPTER, TOY_PHOTOS, TOY_WORKFLOWS
 from .workflows import ui_to_api
 
 log = logging.getLogger("nested_dev.demo")
@@ -115,7 +115,8 @@ def missing_real_files(prompt: dict) -> list[str]:
 
 
 def toy_setup(base: Path) -> list[str]:
-    """Files the toy workflows name: the trained nested adapter and two held-out creatures' photos."""
+    """Files the toy workflows name: the trained nested adapter and photos of two held-out objects,
+    a creature and a robot (the held-out list takes the classes in turn)."""
     import random
 
     folder = base / "models" / "nested_adapters"
@@ -125,9 +126,10 @@ def toy_setup(base: Path) -> list[str]:
     rng = random.Random(2024)
     (base / "input").mkdir(parents=True, exist_ok=True)
     notes = []
-    for name, identity in (("creature_a.png", held_out[0]), ("creature_b.png", held_out[1])):
+    for name, identity, word in zip(TOY_PHOTOS, held_out[:2], ("creature", "robot")):
+        assert identity.word == word, (identity, word)  # what the toy workflows bind them to
         Image.fromarray((subject_photo(identity, rng) * 255).astype(np.uint8)).save(base / "input" / name)
-        notes.append(f"photo {name}: held-out creature {identity.describe()} (never seen in training)")
+        notes.append(f"photo {name}: held-out {identity.describe()} (never seen in training)")
     return notes
 
 

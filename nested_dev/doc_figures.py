@@ -48,10 +48,10 @@ def main() -> int:
     photos = DEMO / "comfy_base" / "input"
     _strip(
         [
-            (["photo A", "(held-out creature)"], photos / "creature_a.png"),
-            (["A: 'a creature at the", "top left, blue background'"], needed[0]),
-            (["photo B", "(held-out creature)"], photos / "creature_b.png"),
-            (["A and B: 'a creature on the left and a", "creature on the right, yellow background'"], needed[1]),
+            (["photo A", "(held-out creature)"], photos / "subject_a.png"),
+            (["A: 'blue background, at", "the top left a creature'"], needed[0]),
+            (["photo B", "(held-out robot)"], photos / "subject_b.png"),
+            (["A and B, no masks: 'yellow background, on the", "left a creature and on the right a robot'"], needed[1]),
         ],
         DOCS / "toy_demo.png",
     )

@@ -1,7 +1,7 @@
 """python -m toy_world run  -- regenerate the world, train every model, evaluate, write the report.
 
-Everything is seeded and runs on the CPU (about 35 minutes on 2 cores). Trained weights go to
-toy_world/weights/, the tables and figures to toy_world/results/. ``--quick`` is a minutes-long
+Everything is seeded and runs on the CPU (at most about 75 minutes on 2 cores). Trained weights go
+to toy_world/weights/, the tables and figures to toy_world/results/. ``--quick`` is a minutes-long
 smoke run of the same pipeline (numbers meaningless) used by the tests.
 """
 
@@ -22,40 +22,49 @@ log = logging.getLogger("toy_world")
 
 FULL = dict(
     vae_steps=100,
-    pool=5000,
-    unet_steps=2000,
-    reader_steps=800,
+    pool=6000,
+    base_steps=2000,
+    grounding_weight=0.01,
+    reader_steps=1000,
     adapter_steps=600,
     adapter_batch=16,
     photos_per_identity=6,
+    diagnose=40,
+    sample_steps=20,
     eval_prompts=2,
     eval_identities=40,
-    sweep_identities=20,
-    pairs=20,
+    sweep_identities=40,
+    pairs=40,
 )
 QUICK = dict(
     vae_steps=3,
     pool=64,
-    unet_steps=3,
+    base_steps=3,
+    grounding_weight=0.01,
     reader_steps=3,
     adapter_steps=2,
     adapter_batch=4,
     photos_per_identity=2,
+    diagnose=2,
+    sample_steps=3,
     eval_prompts=1,
     eval_identities=2,
     sweep_identities=1,
     pairs=1,
 )
+EXPLAIN = dict(fit_identities=8, fit_prompts=5, fit_photos=12, fit_steps=300)  # python -m toy_world explain
+EXPLAIN_QUICK = dict(fit_identities=2, fit_prompts=1, fit_photos=2, fit_steps=2)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m toy_world", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "command",
-        choices=["run", "report", "diagnose"],
+        choices=["run", "report", "diagnose", "explain"],
         help=(
             "run: everything; report: redraw results.md and the curve from results.json; "
-            "diagnose: toy_world/diagnose.py's measurements on the committed models"
+            "diagnose: toy_world/diagnose.py's measurements on the committed models; "
+            "explain: toy_world/explain.py's tests of why nested does not beat a single token"
         ),
     )
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (meaningless numbers)")
@@ -80,6 +89,24 @@ def main(argv: list[str] | None = None) -> int:
         kit = load_kit(Path(args.weights), {"nested": Path(args.weights) / "adapter_nested.safetensors"})
         diagnose(kit, *split_identities(args.seed), Path(args.results), log.info)
         log.info("wrote %s", Path(args.results) / "diagnostics.md")
+        return 0
+
+    if args.command == "explain":
+        from .evaluate import load_kit
+        from .explain import explain, markdown
+        from .world import split_identities
+
+        settings = {**(QUICK if args.quick else FULL), **(EXPLAIN_QUICK if args.quick else EXPLAIN)}
+        kit = load_kit(Path(args.weights), {})
+        kit.steps = settings["sample_steps"]
+        started = time.time()
+        found = explain(kit, Path(args.weights), *split_identities(args.seed), settings, args.seed, log.info)
+        found["minutes"] = round((time.time() - started) / 60, 1)
+        results = Path(args.results)
+        (results / "explain.json").write_text(json.dumps(found, indent=1) + "\n")
+        committed = json.loads((results / "results.json").read_text())
+        (results / "explain.md").write_text(markdown(found, committed))
+        log.info("done in %.1f minutes: %s", found["minutes"], results / "explain.md")
         return 0
 
     settings = QUICK if args.quick else FULL

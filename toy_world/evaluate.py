@@ -1,19 +1,24 @@
 """Measuring personalisation in the toy world, through the nodes' own inference path.
 
-For held-out identities (never seen by the UNet, the VAE or any adapter): encode a reference photo
-with Encode Subject, bind it with Apply Nested Attention (then swap the attention variant for the
-baselines), sample a scene caption, and let the world reader read the image back:
+For held-out identities (never seen by the base model, the VAE or any adapter): encode a reference
+photo with Encode Subject, bind it to its class word with Apply Nested Attention (then swap the
+attention variant for the baselines), sample a scene caption, and let the world reader read the
+image back. Per image, in [0, 1]:
 
-* identity: the fraction of the reference's shape, pattern and palette found in the image;
-* prompt alignment: the fraction of the caption's background and position found.
+* identity: the fraction of the reference's shape, pattern and palette found;
+* prompt alignment: the fraction of the caption's class, background and position found.
 
-Two subjects: references bound to the 1st and 2nd "creature" of "a creature on the left and a
-creature on the right, ..." (without, then with, left/right region masks); each side is scored
-against its own reference and the other one's.
+Every number is a mean over images with its standard error (the spread of the per-image scores
+over the square root of their count).
+
+Two subjects: "... on the left a robot and on the right a flower": references of different classes
+bound to their words, or of one class bound to the word's 1st and 2nd occurrence; without or with
+left/right region masks. Each object is scored against its own reference and the other one's.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +28,20 @@ import comfy.sample
 import numpy as np
 import torch
 
-from nested_attention.nodes.adapter_runtime import load_adapter
+from nested_attention.nodes.adapter_runtime import LoadedAdapter, load_adapter
 from nested_attention.nodes.apply_subject import apply_subject
 from nested_attention.nodes.encode import encode_subject
 from nested_attention.nodes.text_encode import encode_prompt
 
 from .baselines import with_variant
-from .reader import PAIR, SINGLE, WorldReader, load_reader, read
-from .world import BACKGROUNDS, POSITIONS, WORD, Identity, Scene, subject_photo
+from .reader import PAIR, SINGLE, WorldReader, load_reader, read, shape_id
+from .world import BACKGROUNDS, POSITIONS, SHAPES_PER_CLASS, Identity, Scene, subject_photo
 
 METHODS = ("none", "nested", "decoupled", "single-token")
+#: "ipa-as-nested": the decoupled adapter's file in the IP-Adapter-Plus layout, loaded by Load Nested
+#: Adapter and applied as a nested adapter (what a user with only IP-Adapter-Plus files does).
+PATCH_OF = {"nested": "nested", "decoupled": "decoupled", "single-token": "single-token", "ipa-as-nested": "nested"}
+Log = Callable[[str], None]
 
 
 @dataclass
@@ -42,7 +51,7 @@ class Toolkit:
     vae: object
     vision: object
     reader: WorldReader
-    adapters: dict  # method -> LoadedAdapter
+    adapters: dict[str, LoadedAdapter]  # method -> adapter
     steps: int = 20
     cfg: float = 3.0
 
@@ -51,17 +60,19 @@ def load_kit(weights: Path, adapters: dict[str, Path]) -> Toolkit:
     """The committed (or freshly trained) models in ``weights`` with the given adapter files."""
     from .models import build_clip_vision, load_toy
 
-    return Toolkit(*load_toy(weights), build_clip_vision(), load_reader(weights), load_adapters(adapters))
+    loaded = {method: load_adapter(str(path), path.name) for method, path in adapters.items()}
+    return Toolkit(*load_toy(weights), build_clip_vision(), load_reader(weights), loaded)
 
 
-def load_adapters(paths: dict[str, Path]) -> dict:
-    return {method: load_adapter(str(path), path.name) for method, path in paths.items()}
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """The mean and its standard error."""
+    array = np.asarray(values, dtype=np.float64)
+    spread = float(array.std(ddof=1)) if len(array) > 1 else 0.0
+    return float(array.mean()), spread / math.sqrt(max(len(array), 1))
 
 
 def sample(kit: Toolkit, model, caption: str, seed: int) -> torch.Tensor:
     """One image [64, 64, 3] from the model through ComfyUI's sampler and VAE."""
-    positive = encode_prompt(kit.clip, caption)
-    negative = encode_prompt(kit.clip, "")
     latent = torch.zeros(1, 4, 8, 8)
     with torch.no_grad():
         samples = comfy.sample.sample(
@@ -71,8 +82,8 @@ def sample(kit: Toolkit, model, caption: str, seed: int) -> torch.Tensor:
             kit.cfg,
             "euler",
             "normal",
-            positive,
-            negative,
+            encode_prompt(kit.clip, caption),
+            encode_prompt(kit.clip, ""),
             latent,
             seed=seed,
             disable_pbar=True,
@@ -83,29 +94,29 @@ def sample(kit: Toolkit, model, caption: str, seed: int) -> torch.Tensor:
 def personalised(
     kit: Toolkit,
     method: str,
-    references: Sequence[np.ndarray],
+    references: Sequence[tuple[np.ndarray, str]],
     weight: float = 1.0,
     masks: Optional[Sequence[torch.Tensor]] = None,
+    occurrences: Optional[Sequence[int]] = None,
 ):
-    """The model with one subject per reference (occurrence 1, 2, ... of the word), optionally each
-    limited to a region mask."""
+    """The model with one subject per (photo, word): each bound to its word (or to the given
+    occurrence of it), optionally limited to a region mask."""
     if method == "none":
         return kit.model
     adapter = kit.adapters[method]
     model = kit.model
-    for number, photo in enumerate(references, start=1):
+    for number, (photo, word) in enumerate(references):
         subject = encode_subject(adapter, kit.vision, torch.from_numpy(photo)[None])
-        occurrence = number if len(references) > 1 else 0
         model = apply_subject(
             model,
             adapter,
             subject,
-            WORD,
+            word,
             weight=weight,
-            occurrence=occurrence,
-            attn_mask=masks[number - 1] if masks is not None else None,
+            occurrence=occurrences[number] if occurrences else 0,
+            attn_mask=masks[number] if masks is not None else None,
         )
-    return with_variant(model, method)
+    return with_variant(model, PATCH_OF[method])
 
 
 def half_masks() -> list[torch.Tensor]:
@@ -122,9 +133,9 @@ def single_subject_scores(
     seed: int,
     methods: Sequence[str] = METHODS,
     weights: Sequence[float] = (1.0,),
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> dict:
-    """{(method, weight): {"identity": .., "prompt": .., per attribute .., "n": ..}} and example images."""
+    """{(method, weight): {attribute: (mean, se), ..., "n": images}} and example images."""
     rng = random.Random(seed)
     jobs = []
     for identity in identities:
@@ -135,74 +146,109 @@ def single_subject_scores(
     results, examples = {}, {}
     for method in methods:
         for weight in weights if method != "none" else (0.0,):
-            images = []
-            for _, photo, scene, noise_seed in jobs:
-                model = personalised(kit, method, [photo], weight)
-                images.append(sample(kit, model, scene.caption, noise_seed))
-            batch = torch.stack(images)
-            reads = read(kit.reader, batch, SINGLE)
-            scores = _single_scores(reads, [j[0] for j in jobs], [j[2] for j in jobs])
-            results[(method, weight)] = scores
-            examples[(method, weight)] = (batch[:8], [j[1] for j in jobs[:8]], [j[2].caption for j in jobs[:8]])
-            log(f"{method} w={weight}: identity {scores['identity']:.3f}, prompt {scores['prompt']:.3f}")
+            images = torch.stack(
+                [
+                    sample(kit, personalised(kit, method, [(photo, identity.word)], weight), scene.caption, seed)
+                    for identity, photo, scene, seed in jobs
+                ]
+            )
+            reads = read(kit.reader, images, SINGLE)
+            results[(method, weight)] = single_scores(reads, [j[0] for j in jobs], [j[2] for j in jobs])
+            examples[(method, weight)] = (images[:8], [j[1] for j in jobs[:8]], [j[2].caption for j in jobs[:8]])
+            identity, prompt = results[(method, weight)]["identity"], results[(method, weight)]["prompt"]
+            log(f"{method} w={weight}: identity {identity[0]:.3f} ± {identity[1]:.3f}, prompt {prompt[0]:.3f}")
     return {"scores": results, "examples": examples}
+
+
+def single_scores(reads: dict, identities: Sequence[Identity], scenes: Sequence[Scene]) -> dict:
+    """Per attribute and per summary, (mean, se) over the images."""
+    hits = single_hits(reads, identities, scenes)
+    scores = {name: mean_se(values) for name, values in hits.items()}
+    scores["n"] = len(identities)
+    return scores
+
+
+def single_hits(reads: dict, identities: Sequence[Identity], scenes: Sequence[Scene]) -> dict[str, np.ndarray]:
+    """Per attribute and per summary, the per-image score (1 = found, 0 = not)."""
+    found = {name: reads[name].tolist() for name in SINGLE}
+    hits = {
+        "shape": [f == shape_id(i) for f, i in zip(found["shape"], identities)],
+        "pattern": [f == i.pattern for f, i in zip(found["pattern"], identities)],
+        "palette": [f == i.palette for f, i in zip(found["palette"], identities)],
+        "class": [f // SHAPES_PER_CLASS == i.cls for f, i in zip(found["shape"], identities)],
+        "background": [f == list(BACKGROUNDS).index(s.background) for f, s in zip(found["background"], scenes)],
+        "position": [f == list(POSITIONS).index(s.position) for f, s in zip(found["position"], scenes)],
+    }
+    scored = {name: np.asarray(values, dtype=np.float64) for name, values in hits.items()}
+    scored["identity"] = np.mean([scored["shape"], scored["pattern"], scored["palette"]], axis=0)
+    scored["prompt"] = np.mean([scored["class"], scored["background"], scored["position"]], axis=0)
+    return scored
 
 
 def two_subject_scores(
     kit: Toolkit,
     pairs: Sequence[tuple[Identity, Identity]],
     seed: int,
-    methods: Sequence[str] = METHODS,
-    log: Callable[[str], None] = print,
+    variants: Sequence[tuple[str, bool]],
+    log: Log = print,
 ) -> dict:
+    """For each (method, with masks): own and other identity of each object, its class and the
+    background, (mean, se) over the objects (two per image). Pairs of one class are bound to the
+    word's 1st and 2nd occurrence, pairs of two classes to their words."""
     rng = random.Random(seed)
     jobs = []
     for left, right in pairs:
         photos = [subject_photo(left, rng), subject_photo(right, rng)]
-        scene = Scene((left, right), rng.choice(list(BACKGROUNDS)))
-        jobs.append((left, right, photos, scene, rng.randrange(2**31)))
+        jobs.append((left, right, photos, Scene((left, right), rng.choice(list(BACKGROUNDS))), rng.randrange(2**31)))
     results, examples = {}, {}
-    variants = [(m, None) for m in methods] + [(m, half_masks()) for m in methods if m != "none"]
-    for method, masks in variants:
-        name = method if masks is None else f"{method} + masks"
-        images = [
-            sample(kit, personalised(kit, method, photos, masks=masks), scene.caption, noise_seed)
-            for _, _, photos, scene, noise_seed in jobs
-        ]
-        batch = torch.stack(images)
-        reads = read(kit.reader, batch, PAIR)
-        own, cross, background = [], [], []
+    for method, masked in variants:
+        name = method + (" + masks" if masked else "")
+        images = []
+        for left, right, photos, scene, seed in jobs:
+            occurrences = (1, 2) if left.cls == right.cls else None
+            references = [(photos[0], left.word), (photos[1], right.word)]
+            model = personalised(
+                kit, method, references, masks=half_masks() if masked else None, occurrences=occurrences
+            )
+            images.append(sample(kit, model, scene.caption, seed))
+        images = torch.stack(images)
+        reads = read(kit.reader, images, PAIR)
+        own, other, classes, background = [], [], [], []
         for i, (left, right, _, scene, _) in enumerate(jobs):
-            for side, mine, other in (("left", left, right), ("right", right, left)):
+            for side, mine, theirs in (("left", left, right), ("right", right, left)):
                 found = (
                     int(reads[f"{side}_shape"][i]),
                     int(reads[f"{side}_pattern"][i]),
                     int(reads[f"{side}_palette"][i]),
                 )
-                own.append(np.mean([a == b for a, b in zip(found, (mine.shape, mine.pattern, mine.palette))]))
-                cross.append(np.mean([a == b for a, b in zip(found, (other.shape, other.pattern, other.palette))]))
+                own.append(np.mean([a == b for a, b in zip(found, (shape_id(mine), mine.pattern, mine.palette))]))
+                other.append(
+                    np.mean([a == b for a, b in zip(found, (shape_id(theirs), theirs.pattern, theirs.palette))])
+                )
+                classes.append(found[0] // SHAPES_PER_CLASS == mine.cls)
             background.append(int(reads["background"][i]) == list(BACKGROUNDS).index(scene.background))
         results[name] = {
-            "own": float(np.mean(own)),
-            "other": float(np.mean(cross)),
-            "background": float(np.mean(background)),
+            "own": mean_se(own),
+            "other": mean_se(other),
+            "own_minus_other": mean_se(np.subtract(own, other)),
+            "class": mean_se(classes),
+            "background": mean_se(background),
             "n": len(jobs),
         }
-        examples[name] = (batch[:6], [j[2] for j in jobs[:6]], [j[3].caption for j in jobs[:6]])
-        log(f"two subjects, {name}: own {results[name]['own']:.3f}, other {results[name]['other']:.3f}")
+        examples[name] = (images[:6], [j[2] for j in jobs[:6]], [j[3].caption for j in jobs[:6]])
+        own_score, other_score = results[name]["own"], results[name]["other"]
+        log(f"two subjects, {name}: own {own_score[0]:.3f} ± {own_score[1]:.3f}, other {other_score[0]:.3f}")
     return {"scores": results, "examples": examples}
 
 
-def _single_scores(reads: dict, identities: Sequence[Identity], scenes: Sequence[Scene]) -> dict:
-    attributes = {
-        "shape": [i.shape for i in identities],
-        "pattern": [i.pattern for i in identities],
-        "palette": [i.palette for i in identities],
-        "background": [list(BACKGROUNDS).index(s.background) for s in scenes],
-        "position": [list(POSITIONS).index(s.position) for s in scenes],
-    }
-    scores = {name: float((reads[name] == torch.tensor(truth)).float().mean()) for name, truth in attributes.items()}
-    scores["identity"] = float(np.mean([scores["shape"], scores["pattern"], scores["palette"]]))
-    scores["prompt"] = float(np.mean([scores["background"], scores["position"]]))
-    scores["n"] = len(identities)
-    return scores
+def pairs_of(
+    identities: Sequence[Identity], count: int, same_class: bool, seed: int
+) -> list[tuple[Identity, Identity]]:
+    """``count`` (left, right) pairs of distinct held-out identities, of one class or of two."""
+    rng = random.Random(seed)
+    pairs = []
+    while len(pairs) < count:
+        left, right = rng.sample(list(identities), 2)
+        if (left.cls == right.cls) == same_class:
+            pairs.append((left, right))
+    return pairs

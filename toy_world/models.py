@@ -1,9 +1,10 @@
-"""The toy world's models, built with ComfyUI's own classes (call comfy_env.prepare_comfyui first).
+"""The toy world's models, built with ComfyUI's own classes (prepare ComfyUI first).
 
 * VAE: ComfyUI's TAESD architecture (64 x 64 images <-> 4 x 8 x 8 latents), trained here.
 * UNet: ComfyUI's SD1.5 family (supported_models.SD15) at a small width, trained here.
-* Text encoder: ComfyUI's SD1 CLIP class at width 64 with the real tokenizer, frozen random weights
-  (seeded, so they are rebuilt identically and need no file).
+* Text encoder: ComfyUI's SD1 CLIP class at width 64 with the real tokenizer, trained here with the
+  UNet (``text_forward`` is its forward pass for training, ComfyUI's arithmetic without the
+  in-place additions autograd cannot follow).
 * Image encoder: ComfyUI's CLIP vision class (64 x 64 input, 8 x 8 patches), frozen random, seeded.
 
 Committed weights live in toy_world/weights/.
@@ -26,6 +27,7 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.taesd.taesd
 import torch
+from comfy.ldm.modules.attention import optimized_attention_for_device
 from safetensors.torch import load_file, save_file
 
 from nested_attention.nested_train.config import TrainConfig
@@ -142,12 +144,35 @@ def build_unet(state: Optional[dict[str, torch.Tensor]] = None, seed: int = 0) -
     )
 
 
-def build_clip(seed: int = 1) -> comfy.sd.CLIP:
-    """Frozen random text encoder: rebuilt identically from its seed."""
+def build_clip(state: Optional[dict[str, torch.Tensor]] = None, seed: int = 1) -> comfy.sd.CLIP:
+    """The text encoder (float32): seeded random weights, then the trained ``state`` when given
+    (the state dict of ``clip.cond_stage_model.clip_l``, as ``text.safetensors`` holds it)."""
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
-    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": TEXT})
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": TEXT, "dtype": torch.float32})
     init_weights_(clip.cond_stage_model, seed, scale=0.2)
+    if state is not None:
+        clip.cond_stage_model.clip_l.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return clip
+
+
+def token_ids(clip: comfy.sd.CLIP, caption: str) -> list[int]:
+    """The 77 token ids ComfyUI's SD1 tokenizer gives a (short) caption."""
+    return [int(entry[0]) for entry in clip.tokenize(caption)["l"][0]]
+
+
+def text_forward(clip: comfy.sd.CLIP, ids: torch.Tensor) -> torch.Tensor:
+    """The text encoder's output for token ids [B, 77] as ComfyUI computes it (layer "last": the final
+    layer norm of the last layer; causal attention), with out-of-place residual additions so that
+    gradients reach its weights. A test checks it against ComfyUI's own forward."""
+    model = clip.cond_stage_model.clip_l.transformer.text_model
+    x = model.embeddings(ids, dtype=torch.float32)
+    length = x.shape[1]
+    causal = torch.full((length, length), -torch.finfo(x.dtype).max, dtype=x.dtype, device=x.device).triu_(1)
+    attention = optimized_attention_for_device(x.device, mask=True, small_input=True)
+    for layer in model.encoder.layers:
+        x = x + layer.self_attn(layer.layer_norm1(x), causal, attention)
+        x = x + layer.mlp(layer.layer_norm2(x))
+    return model.final_layer_norm(x)
 
 
 def build_clip_vision(seed: int = 2) -> comfy.clip_vision.ClipVisionModel:
@@ -164,11 +189,13 @@ def build_vae(state: dict[str, torch.Tensor]) -> comfy.sd.VAE:
     return comfy.sd.VAE(sd=state)
 
 
+MODEL_FILES = ("unet.safetensors", "text.safetensors", "vae.safetensors")
+
+
 def load_toy(folder: Path = WEIGHTS):
     """(model, clip, vae) from committed weights; the image encoder is build_clip_vision()."""
-    unet = load_file(folder / "unet.safetensors")
-    vae = load_file(folder / "vae.safetensors")
-    return build_unet({k: v.float() for k, v in unet.items()}), build_clip(), build_vae(vae)
+    unet, text, vae = (load_file(folder / name) for name in MODEL_FILES)
+    return build_unet({k: v.float() for k, v in unet.items()}), build_clip(text), build_vae(vae)
 
 
 @dataclass(frozen=True)
@@ -178,7 +205,7 @@ class ToyParts:
     weights: Path = WEIGHTS
 
     def problems(self, config: TrainConfig) -> list[str]:
-        missing = [n for n in ("unet.safetensors", "vae.safetensors") if not (self.weights / n).is_file()]
+        missing = [n for n in MODEL_FILES if not (self.weights / n).is_file()]
         return [f"the toy world's {n} is not in {self.weights}" for n in missing]
 
     def load(self, config: TrainConfig) -> FrozenParts:

@@ -1,8 +1,9 @@
 """The world reader: a small CNN, trained on the world's ground truth, that reads back from
 pixels what is in an image. It is the measuring instrument of the evaluation, not a method.
 
-One-creature scenes: shape, pattern, palette, background, position. Two-creature scenes:
-shape, pattern and palette of the left and of the right creature, and the background.
+One-object scenes: shape (one of the 16 shapes of all classes, so it also tells the class),
+pattern, palette, background, position. Two-object scenes: shape, pattern and palette of the left
+and of the right object, and the background.
 """
 
 from __future__ import annotations
@@ -16,21 +17,41 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .world import ALL_IDENTITIES, BACKGROUNDS, PALETTES, PATTERNS, POSITIONS, SHAPES, Scene, random_scene, render
+from .world import (
+    ALL_IDENTITIES,
+    BACKGROUNDS,
+    CLASSES,
+    PALETTES,
+    PATTERNS,
+    POSITIONS,
+    SHAPES_PER_CLASS,
+    Identity,
+    Scene,
+    random_scene,
+    render,
+)
 
+SHAPE_COUNT = len(CLASSES) * SHAPES_PER_CLASS
 HEADS = {
-    "shape": len(SHAPES),
+    "shape": SHAPE_COUNT,
     "pattern": len(PATTERNS),
     "palette": len(PALETTES),
     "background": len(BACKGROUNDS),
     "position": len(POSITIONS),
-    "left_shape": len(SHAPES),
+    "left_shape": SHAPE_COUNT,
     "left_pattern": len(PATTERNS),
     "left_palette": len(PALETTES),
-    "right_shape": len(SHAPES),
+    "right_shape": SHAPE_COUNT,
     "right_pattern": len(PATTERNS),
     "right_palette": len(PALETTES),
 }
+
+
+def shape_id(identity: Identity) -> int:
+    """The shape among all classes' shapes (the reader's shape label): class * 4 + shape."""
+    return identity.cls * SHAPES_PER_CLASS + identity.shape
+
+
 SINGLE = ("shape", "pattern", "palette", "background", "position")
 PAIR = ("left_shape", "left_pattern", "left_palette", "right_shape", "right_pattern", "right_palette", "background")
 
@@ -64,7 +85,7 @@ def labels(scene: Scene) -> dict[str, int]:
         for side, identity in zip(("left", "right"), scene.identities):
             out.update(
                 {
-                    f"{side}_shape": identity.shape,
+                    f"{side}_shape": shape_id(identity),
                     f"{side}_pattern": identity.pattern,
                     f"{side}_palette": identity.palette,
                 }
@@ -72,7 +93,7 @@ def labels(scene: Scene) -> dict[str, int]:
     else:
         identity = scene.identities[0]
         out.update(
-            shape=identity.shape,
+            shape=shape_id(identity),
             pattern=identity.pattern,
             palette=identity.palette,
             position=list(POSITIONS).index(scene.position),
