@@ -19,7 +19,7 @@ inference path, the world reader):
 Differences between two adapters are paired (same references, scenes and seeds), with the standard
 error of the per-image difference.
 
-    python -m toy_world explain    # about 40 minutes on 2 CPU cores; results/explain.md and .json
+    python -m toy_world explain    # 35 minutes on 2 CPU cores; results/explain.md and .json
 """
 
 from __future__ import annotations

@@ -205,3 +205,25 @@ def test_the_ip_adapter_workflow_starts_at_the_measured_weight(report):
 
     weight, _ = best_weight(report["sweep"], "ipa-as-nested", report["single_subject"]["none@0.0"])
     assert IPA_AS_NESTED_WEIGHT == weight
+
+
+@committed
+def test_the_explanations_run_on_the_committed_base_model(pack, report):
+    """python -m toy_world explain, on a tiny budget: every test runs through the real trainer and
+    nodes and lands in explain.md (the committed numbers come from the full budget)."""
+    from toy_world.__main__ import EXPLAIN_QUICK, QUICK
+    from toy_world.evaluate import load_kit
+    from toy_world.explain import explain, markdown
+    from toy_world.world import split_identities
+
+    settings = {**QUICK, **EXPLAIN_QUICK}
+    kit = load_kit(WEIGHTS, {})
+    kit.steps = settings["sample_steps"]
+    train_ids, held_out = split_identities()
+    found = explain(kit, WEIGHTS, train_ids, held_out, settings, 0, lambda message: None)
+    assert set(found["recipe"]) == {"nested, 3x steps", "single-token, 3x steps", "nested, projections from the UNet"}
+    assert set(found["fitted"]) == {"nested", "single-token"}
+    assert found["fitted"]["nested"]["n"] == EXPLAIN_QUICK["fit_identities"] * EXPLAIN_QUICK["fit_prompts"]
+    assert found["probe"]["per patch/palette"]["held_out"][0] > 0.5  # colours are plain in the features
+    text = markdown(found, report)
+    assert "Fitted to one object each" in text and "nested, 3x steps" in text
