@@ -15,11 +15,18 @@ inference path, the world reader):
 3. **Capacity without generalisation.** One adapter per held-out object, fitted to photos of that
    object alone (nested, and single-token on the same data): can a per-position value draw the
    pattern and shape that one pooled value cannot, when the encoder does not have to generalise?
+4. **Detail the base model has no word for.** The same fitting, for held-out objects whose second
+   colour falls on arbitrary cells (a random 4 x 4 mask instead of one of the world's five
+   patterns, so the base model never drew it). Scored per cell: of the object's cells at the place
+   the caption names, the fraction drawn closest to the intended colour (body, detail or
+   background). A single value at the word's positions must rely on the UNet to lay such a
+   pattern out; a value per position can paint it.
 
 Differences between two adapters are paired (same references, scenes and seeds), with the standard
 error of the per-image difference.
 
-    python -m toy_world explain    # 35 minutes on 2 CPU cores; results/explain.md and .json
+    python -m toy_world explain    # about 55 minutes on 2 CPU cores; results/explain.md and .json
+    python -m toy_world explain --tests detail    # one test; the others' numbers are kept
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from nested_attention.nodes.adapter_runtime import load_adapter
 from nested_attention.nodes.encode import clip_features
@@ -42,10 +50,28 @@ from .evaluate import Toolkit, mean_se, personalised, sample, single_hits
 from .models import build_clip_vision
 from .pipeline import export_training_data, train_adapter
 from .reader import SINGLE, read, shape_id
-from .world import BACKGROUNDS, PALETTES, PATTERNS, POSITIONS, SHAPES_PER_CLASS, Identity, Scene, subject_photo
+from .world import (
+    _PATTERNS,
+    _SHAPES,
+    BACKGROUNDS,
+    BLOCK,
+    CELL,
+    GRID,
+    PALETTES,
+    PATTERNS,
+    POSITIONS,
+    SHAPES_PER_CLASS,
+    Identity,
+    Scene,
+    cells,
+    object_mask,
+    random_scene,
+    subject_photo,
+)
 
 Log = Callable[[str], None]
 ATTRIBUTES = ("identity", "shape", "pattern", "palette", "prompt", "class")
+TESTS = ("probe", "recipe", "fitted", "detail")
 
 
 def probe(train_ids: Sequence[Identity], held_out: Sequence[Identity], photos: int = 3, seed: int = 5) -> dict:
@@ -127,61 +153,175 @@ def explain(
     settings: dict,
     seed: int,
     log: Log,
+    tests: Sequence[str] = TESTS,
 ) -> dict:
-    """The three tests; returns their numbers (see the module docstring)."""
-    report: dict = {"probe": probe(train_ids, held_out)}
-    log(f"probe: {report['probe']}")
-    eval_jobs = jobs_for(held_out[: settings["eval_identities"]], settings["eval_prompts"], seed + 7)
+    """The tests named in ``tests``; returns their numbers (see the module docstring)."""
+    report: dict = {"settings": settings}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        data = export_training_data(scratch / "data", train_ids, settings["photos_per_identity"], seed)
-        longer = dict(settings, adapter_steps=3 * settings["adapter_steps"])
-        variants = {
-            "nested, 3x steps": ("nested", longer, {}),
-            "single-token, 3x steps": ("single-token", longer, {}),
-            "nested, projections from the UNet": ("nested", settings, {"init_from_unet": True}),
-        }
-        recipe_hits = {}
-        for name, (method, budget, overrides) in variants.items():
-            place = scratch / f"recipe_{len(recipe_hits)}"
-            path = train_adapter(
-                method, PATCH_CLASSES[method], data, weights, place, budget, seed, log,
-                target=place / "adapter.safetensors", **overrides,
-            )  # fmt: skip
-            recipe_hits[name] = image_scores(kit, method, {j[0]: path for j in eval_jobs}, eval_jobs)
-            log(f"{name}: identity {mean_se(recipe_hits[name]['identity'])}")
-        report["recipe"] = {
-            "nested, 3x steps": summary(recipe_hits["nested, 3x steps"], recipe_hits["single-token, 3x steps"]),
-            "single-token, 3x steps": summary(recipe_hits["single-token, 3x steps"]),
-            "nested, projections from the UNet": summary(recipe_hits["nested, projections from the UNet"]),
-        }
-
-        fitted = held_out[: settings["fit_identities"]]
-        fit_jobs = jobs_for(fitted, settings["fit_prompts"], seed + 13)
-        fit_hits = {}
-        for method in ("nested", "single-token"):
-            files = {}
-            for number, identity in enumerate(fitted):
-                place = scratch / f"fit_{method}_{number}"
-                folder = export_training_data(place / "data", [identity], settings["fit_photos"], seed)
-                files[identity] = train_adapter(
-                    method, PATCH_CLASSES[method], folder, weights, place / "run",
-                    dict(settings, adapter_steps=settings["fit_steps"]), seed, lambda message: None,
-                    target=place / "adapter.safetensors",
-                )  # fmt: skip
-            fit_hits[method] = image_scores(kit, method, files, fit_jobs)
-            log(f"fitted {method}: identity {mean_se(fit_hits[method]['identity'])}")
-        report["fitted"] = {
-            "nested": summary(fit_hits["nested"], fit_hits["single-token"]),
-            "single-token": summary(fit_hits["single-token"]),
-        }
-    report["settings"] = settings
+        if "probe" in tests:
+            report["probe"] = probe(train_ids, held_out)
+            log(f"probe: {report['probe']}")
+        if "recipe" in tests:
+            report["recipe"] = recipe(kit, weights, train_ids, held_out, settings, seed, log, scratch)
+        if "fitted" in tests:
+            report["fitted"] = fitted(kit, weights, held_out, settings, seed, log, scratch)
+        if "detail" in tests:
+            report["detail"] = detail(kit, weights, held_out, settings, seed, log, scratch)
     return report
 
 
+def recipe(kit, weights, train_ids, held_out, settings: dict, seed: int, log: Log, scratch: Path) -> dict:
+    """Test 2: longer training, and projections started from the UNet's."""
+    eval_jobs = jobs_for(held_out[: settings["eval_identities"]], settings["eval_prompts"], seed + 7)
+    data = export_training_data(scratch / "data", train_ids, settings["photos_per_identity"], seed)
+    longer = dict(settings, adapter_steps=3 * settings["adapter_steps"])
+    variants = {
+        "nested, 3x steps": ("nested", longer, {}),
+        "single-token, 3x steps": ("single-token", longer, {}),
+        "nested, projections from the UNet": ("nested", settings, {"init_from_unet": True}),
+    }
+    recipe_hits = {}
+    for name, (method, budget, overrides) in variants.items():
+        place = scratch / f"recipe_{len(recipe_hits)}"
+        path = train_adapter(
+            method, PATCH_CLASSES[method], data, weights, place, budget, seed, log,
+            target=place / "adapter.safetensors", **overrides,
+        )  # fmt: skip
+        recipe_hits[name] = image_scores(kit, method, {j[0]: path for j in eval_jobs}, eval_jobs)
+        log(f"{name}: identity {mean_se(recipe_hits[name]['identity'])}")
+    return {
+        "nested, 3x steps": summary(recipe_hits["nested, 3x steps"], recipe_hits["single-token, 3x steps"]),
+        "single-token, 3x steps": summary(recipe_hits["single-token, 3x steps"]),
+        "nested, projections from the UNet": summary(recipe_hits["nested, projections from the UNet"]),
+    }
+
+
+def fit_one(method: str, folder: Path, weights: Path, settings: dict, seed: int, place: Path) -> Path:
+    """An adapter of ``method`` trained on one object's scenes in ``folder`` alone."""
+    return train_adapter(
+        method, PATCH_CLASSES[method], folder, weights, place / "run",
+        dict(settings, adapter_steps=settings["fit_steps"]), seed, lambda message: None,
+        target=place / "adapter.safetensors",
+    )  # fmt: skip
+
+
+def fitted(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch: Path) -> dict:
+    """Test 3: one adapter per held-out object, fitted to that object alone."""
+    objects = held_out[: settings["fit_identities"]]
+    fit_jobs = jobs_for(objects, settings["fit_prompts"], seed + 13)
+    fit_hits = {}
+    for method in ("nested", "single-token"):
+        files = {}
+        for number, identity in enumerate(objects):
+            place = scratch / f"fit_{method}_{number}"
+            folder = export_training_data(place / "data", [identity], settings["fit_photos"], seed)
+            files[identity] = fit_one(method, folder, weights, settings, seed, place)
+        fit_hits[method] = image_scores(kit, method, files, fit_jobs)
+        log(f"fitted {method}: identity {mean_se(fit_hits[method]['identity'])}")
+    return {
+        "nested": summary(fit_hits["nested"], fit_hits["single-token"]),
+        "single-token": summary(fit_hits["single-token"]),
+    }
+
+
+def detail_mask(rng: random.Random) -> np.ndarray:
+    """A random 4 x 4 mask of detail cells, none of the world's five patterns."""
+    while True:
+        mask = np.array([[rng.random() < 0.5 for _ in range(BLOCK)] for _ in range(BLOCK)])
+        if not any((mask == pattern_mask(name)).all() for name in PATTERNS):
+            return mask
+
+
+def pattern_mask(name: str) -> np.ndarray:
+    return np.array([[c == "#" for c in row] for row in _PATTERNS[name]])
+
+
+def detailed_cells(scene: Scene, mask: np.ndarray) -> np.ndarray:
+    """The scene's cells [8, 8, 3] with its object's second colour on ``mask``'s cells."""
+    grid = cells(scene)
+    body, second = (np.array(c, dtype=np.float32) / 255 for c in PALETTES[scene.identities[0].palette])
+    row, column = scene.places[0]
+    inside = object_mask(scene)
+    for r in range(BLOCK):
+        for c in range(BLOCK):
+            if inside[row + r, column + c]:
+                grid[row + r, column + c] = second if mask[r, c] else body
+    return grid
+
+
+def detailed_image(scene: Scene, mask: np.ndarray) -> np.ndarray:
+    return np.repeat(np.repeat(detailed_cells(scene, mask), CELL, axis=0), CELL, axis=1)
+
+
+def cell_hits(image: torch.Tensor, scene: Scene, mask: np.ndarray) -> float:
+    """Of the object's cells at the caption's place, the fraction whose drawn colour (the cell's
+    mean) is nearest the intended one among the body, detail and background colours."""
+    drawn = image.reshape(GRID, CELL, GRID, CELL, 3).mean((1, 3)).numpy()
+    body, second = (np.array(c, dtype=np.float32) / 255 for c in PALETTES[scene.identities[0].palette])
+    background = np.array(BACKGROUNDS[scene.background], dtype=np.float32) / 255
+    row, column = scene.places[0]
+    inside = object_mask(scene)
+    hits = []
+    for r in range(BLOCK):
+        for c in range(BLOCK):
+            if inside[row + r, column + c]:
+                candidates = np.stack([body, second, background])
+                nearest = int(np.argmin(((candidates - drawn[row + r, column + c]) ** 2).sum(-1)))
+                hits.append(nearest == (1 if mask[r, c] else 0))
+    return float(np.mean(hits))
+
+
+def detail(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch: Path) -> dict:
+    """Test 4: fitted adapters for objects with arbitrary detail cells; per-cell colour accuracy."""
+    rng = random.Random(seed + 17)
+    objects = [(identity, detail_mask(rng)) for identity in held_out[: settings["fit_identities"]]]
+    jobs = []
+    for identity, mask in objects:
+        photo = detailed_image(Scene((identity,), rng.choice(list(BACKGROUNDS)), "center"), mask)
+        for _ in range(settings["fit_prompts"]):
+            scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
+            jobs.append((identity, mask, photo, scene, rng.randrange(2**31)))
+    scores: dict[str, list[float]] = {}
+    for method in ("nested", "single-token"):
+        loaded = {}
+        for number, (identity, mask) in enumerate(objects):
+            place = scratch / f"detail_{method}_{number}"
+            folder = place / "data" / "object"
+            folder.mkdir(parents=True)
+            (folder / "word.txt").write_text(identity.word)
+            scenes = random.Random(seed + number)
+            for index in range(settings["fit_photos"]):
+                scene = random_scene(scenes, [identity], identity=identity)
+                Image.fromarray((detailed_image(scene, mask) * 255).astype(np.uint8)).save(folder / f"{index}.png")
+                (folder / f"{index}.txt").write_text(scene.caption)
+            path = fit_one(method, place / "data", weights, settings, seed, place)
+            loaded[number] = load_adapter(str(path), path.name)
+        scores[method] = []
+        for identity, mask, photo, scene, sampling_seed in jobs:
+            number = next(n for n, (i, m) in enumerate(objects) if i == identity and m is mask)
+            with_adapter = dataclasses.replace(kit, adapters={method: loaded[number]})
+            model = personalised(with_adapter, method, [(photo, identity.word)])
+            scores[method].append(cell_hits(sample(kit, model, scene.caption, sampling_seed), scene, mask))
+        log(f"detail, fitted {method}: cells {mean_se(scores[method])}")
+    inside = {identity: shape_mask(identity) for identity, _ in objects}
+    floor = [float(1 - mask[inside[identity]].mean()) for identity, mask, *_ in jobs]  # all cells one colour
+    return {
+        "nested": {"cells": mean_se(scores["nested"]), "n": len(jobs)},
+        "single-token": {"cells": mean_se(scores["single-token"]), "n": len(jobs)},
+        "nested_minus_single": mean_se(np.subtract(scores["nested"], scores["single-token"])),
+        "one_colour": mean_se(floor),
+    }
+
+
+def shape_mask(identity: Identity) -> np.ndarray:
+    """The 4 x 4 cells the identity's shape fills."""
+    return np.array([[c == "X" for c in row] for row in _SHAPES[identity.word][identity.shape_name]])
+
+
 def markdown(report: dict, committed: dict) -> str:
-    """explain.md: the three tests beside the committed adapters' main-table numbers (``committed``:
-    the run's results.json)."""
+    """explain.md: the tests in ``report`` beside the committed adapters' main-table numbers
+    (``committed``: the run's results.json)."""
 
     def cell(value) -> str:
         return f"{value[0]:.3f} ± {value[1]:.3f}"
@@ -192,16 +332,19 @@ def markdown(report: dict, committed: dict) -> str:
         "Generated by `python -m toy_world explain` (see toy_world/explain.py) on the committed base model; "
         "held-out objects; mean ± standard error over images; differences paired over the same images.",
         "",
-        "## 1. Is the identity in the image encoder's features? (linear probes, held-out objects)",
-        "",
-        "| features | shape | pattern | palette |",
-        "|---|---|---|---|",
     ]
-    for pooling in ("pooled", "per patch"):
-        row = [report["probe"][f"{pooling}/{name}"] for name in ("shape", "pattern", "palette")]
-        lines.append(f"| {pooling} | " + " | ".join(f"{cell(r['held_out'])}" for r in row) + " |")
-    chance = [report["probe"][f"pooled/{name}"]["chance"] for name in ("shape", "pattern", "palette")]
-    lines += ["| chance | " + " | ".join(f"{c:.3f}" for c in chance) + " |", ""]
+    if "probe" in report:
+        lines += [
+            "## 1. Is the identity in the image encoder's features? (linear probes, held-out objects)",
+            "",
+            "| features | shape | pattern | palette |",
+            "|---|---|---|---|",
+        ]
+        for pooling in ("pooled", "per patch"):
+            row = [report["probe"][f"{pooling}/{name}"] for name in ("shape", "pattern", "palette")]
+            lines.append(f"| {pooling} | " + " | ".join(f"{cell(r['held_out'])}" for r in row) + " |")
+        chance = [report["probe"][f"pooled/{name}"]["chance"] for name in ("shape", "pattern", "palette")]
+        lines += ["| chance | " + " | ".join(f"{c:.3f}" for c in chance) + " |", ""]
 
     header = (
         "| adapter | identity | shape | pattern | palette | prompt alignment | class "
@@ -217,20 +360,35 @@ def markdown(report: dict, committed: dict) -> str:
             out.append(f"| {name} | {values} | {difference} | {row['n']} |")
         return out
 
-    steps = committed["settings"]["adapter_steps"]
-    main = committed["single_subject"]
-    lines += ["## 2. The recipe (all objects' data, as in the main table)", "", header, rule]
-    lines += rows({f"{m} (committed, {steps} steps)": main[f"{m}@1.0"] for m in ("nested", "single-token")})
-    lines += rows(report["recipe"]) + [""]
     settings = report["settings"]
-    lines += [
-        "## 3. Fitted to one object each (capacity without generalisation)",
-        "",
-        f"{settings['fit_identities']} held-out objects, one adapter each per method ({settings['fit_steps']} steps "
-        f"on {settings['fit_photos']} scenes of that object alone), {settings['fit_prompts']} new scenes each.",
-        "",
-        header,
-        rule,
-    ]
-    lines += rows(report["fitted"]) + [""]
+    if "recipe" in report:
+        steps = committed["settings"]["adapter_steps"]
+        main = committed["single_subject"]
+        lines += ["## 2. The recipe (all objects' data, as in the main table)", "", header, rule]
+        lines += rows({f"{m} (committed, {steps} steps)": main[f"{m}@1.0"] for m in ("nested", "single-token")})
+        lines += rows(report["recipe"]) + [""]
+    fitting = (
+        f"{settings['fit_identities']} held-out objects, one adapter each per method ({settings['fit_steps']} "
+        f"steps on {settings['fit_photos']} scenes of that object alone), {settings['fit_prompts']} new scenes each."
+    )
+    if "fitted" in report:
+        lines += ["## 3. Fitted to one object each (capacity without generalisation)", "", fitting, "", header, rule]
+        lines += rows(report["fitted"]) + [""]
+    if "detail" in report:
+        found = report["detail"]
+        lines += [
+            "## 4. Detail the base model has no word for (fitted, arbitrary detail cells)",
+            "",
+            fitting + " Each object's second colour on a random 4 x 4 mask of cells, none of the world's "
+            "patterns. Cells: of the object's cells at the caption's place, the fraction drawn nearest the "
+            "intended colour (body, detail or background).",
+            "",
+            "| adapter | cells right | images |",
+            "|---|---|---|",
+            f"| nested | {cell(found['nested']['cells'])} | {found['nested']['n']} |",
+            f"| single-token | {cell(found['single-token']['cells'])} | {found['single-token']['n']} |",
+            f"| nested − single-token (paired) | {cell(found['nested_minus_single'])} | |",
+            f"| every cell in the body colour (for reference) | {cell(found['one_colour'])} | |",
+            "",
+        ]
     return "\n".join(lines)

@@ -225,5 +225,26 @@ def test_the_explanations_run_on_the_committed_base_model(pack, report):
     assert set(found["fitted"]) == {"nested", "single-token"}
     assert found["fitted"]["nested"]["n"] == EXPLAIN_QUICK["fit_identities"] * EXPLAIN_QUICK["fit_prompts"]
     assert found["probe"]["per patch/palette"]["held_out"][0] > 0.5  # colours are plain in the features
+    assert set(found["detail"]) == {"nested", "single-token", "nested_minus_single", "one_colour"}
     text = markdown(found, report)
-    assert "Fitted to one object each" in text and "nested, 3x steps" in text
+    assert "Fitted to one object each" in text and "nested, 3x steps" in text and "no word for" in text
+
+
+def test_the_per_cell_score_of_arbitrary_detail(pack):
+    """explain's test 4 scores the object's cells at the caption's place: the intended image scores
+    1, the same object with its two colours swapped 0, the object drawn elsewhere at most chance."""
+    import random
+
+    from toy_world.explain import cell_hits, detail_mask, detailed_image
+    from toy_world.world import Scene, split_identities
+
+    _, held_out = split_identities()
+    rng = random.Random(1)
+    for identity in held_out[:6]:
+        mask = detail_mask(rng)
+        scene = Scene((identity,), "blue", "top right")
+        image = torch.from_numpy(detailed_image(scene, mask))
+        assert cell_hits(image, scene, mask) == 1.0
+        assert cell_hits(image, scene, ~mask) == 0.0
+        elsewhere = torch.from_numpy(detailed_image(Scene((identity,), "blue", "bottom left"), mask))
+        assert cell_hits(elsewhere, scene, mask) == 0.0  # only background where the object should be
