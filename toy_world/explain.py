@@ -51,8 +51,6 @@ from .models import build_clip_vision
 from .pipeline import export_training_data, train_adapter
 from .reader import SINGLE, read, shape_id
 from .world import (
-    _PATTERNS,
-    _SHAPES,
     BACKGROUNDS,
     BLOCK,
     CELL,
@@ -65,7 +63,9 @@ from .world import (
     Scene,
     cells,
     object_mask,
+    pattern_cells,
     random_scene,
+    shape_cells,
     subject_photo,
 )
 
@@ -229,12 +229,8 @@ def detail_mask(rng: random.Random) -> np.ndarray:
     """A random 4 x 4 mask of detail cells, none of the world's five patterns."""
     while True:
         mask = np.array([[rng.random() < 0.5 for _ in range(BLOCK)] for _ in range(BLOCK)])
-        if not any((mask == pattern_mask(name)).all() for name in PATTERNS):
+        if not any((mask == pattern_cells(name)).all() for name in PATTERNS):
             return mask
-
-
-def pattern_mask(name: str) -> np.ndarray:
-    return np.array([[c == "#" for c in row] for row in _PATTERNS[name]])
 
 
 def detailed_cells(scene: Scene, mask: np.ndarray) -> np.ndarray:
@@ -304,7 +300,7 @@ def detail(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch:
             model = personalised(with_adapter, method, [(photo, identity.word)])
             scores[method].append(cell_hits(sample(kit, model, scene.caption, sampling_seed), scene, mask))
         log(f"detail, fitted {method}: cells {mean_se(scores[method])}")
-    inside = {identity: shape_mask(identity) for identity, _ in objects}
+    inside = {identity: shape_cells(identity) for identity, _ in objects}
     floor = [float(1 - mask[inside[identity]].mean()) for identity, mask, *_ in jobs]  # all cells one colour
     return {
         "nested": {"cells": mean_se(scores["nested"]), "n": len(jobs)},
@@ -312,11 +308,6 @@ def detail(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch:
         "nested_minus_single": mean_se(np.subtract(scores["nested"], scores["single-token"])),
         "one_colour": mean_se(floor),
     }
-
-
-def shape_mask(identity: Identity) -> np.ndarray:
-    """The 4 x 4 cells the identity's shape fills."""
-    return np.array([[c == "X" for c in row] for row in _SHAPES[identity.word][identity.shape_name]])
 
 
 def markdown(report: dict, committed: dict) -> str:

@@ -171,6 +171,16 @@ def random_scene(
     return Scene((identity or rng.choice(identities),), background, rng.choice(list(POSITIONS)), describe)
 
 
+def shape_cells(identity: Identity) -> np.ndarray:
+    """The cells of its 4 x 4 block the identity's shape fills: [4, 4] bool."""
+    return np.array([[c == "X" for c in row] for row in _SHAPES[identity.word][identity.shape_name]])
+
+
+def pattern_cells(name: str) -> np.ndarray:
+    """The cells of a 4 x 4 block a pattern gives the second colour: [4, 4] bool."""
+    return np.array([[c == "#" for c in row] for row in _PATTERNS[name]])
+
+
 def object_mask(scene: Scene, which: int = 0) -> np.ndarray:
     """The cells object ``which`` of the scene fills: [8, 8] bool."""
     inside = np.zeros((GRID, GRID), dtype=bool)
