@@ -248,3 +248,27 @@ def test_the_per_cell_score_of_arbitrary_detail(pack):
         assert cell_hits(image, scene, ~mask) == 0.0
         elsewhere = torch.from_numpy(detailed_image(Scene((identity,), "blue", "bottom left"), mask))
         assert cell_hits(elsewhere, scene, mask) == 0.0  # only background where the object should be
+
+
+@committed
+def test_explain_reruns_one_test_and_keeps_the_others(pack, tmp_path):
+    """python -m toy_world explain --tests probe: the probe is redone, the other tests' numbers in
+    explain.json are kept, and explain.md shows them all."""
+    import json
+    import shutil
+
+    from toy_world import RESULTS
+    from toy_world.__main__ import main
+
+    for name in ("results.json", "explain.json"):
+        shutil.copy(RESULTS / name, tmp_path / name)
+    before = json.loads((tmp_path / "explain.json").read_text())
+    before["probe"] = {"stale": True}
+    (tmp_path / "explain.json").write_text(json.dumps(before))
+    assert main(["explain", "--quick", "--tests", "probe", "--results", str(tmp_path)]) == 0
+    after = json.loads((tmp_path / "explain.json").read_text())
+    assert "stale" not in after["probe"] and "per patch/shape" in after["probe"]
+    assert after["fitted"] == before["fitted"] and after["detail"] == before["detail"]
+    assert set(after["minutes"]) == set(before["minutes"]) | {"probe"}
+    text = (tmp_path / "explain.md").read_text()
+    assert "linear probes" in text and "Fitted to one object each" in text and "no word for" in text
