@@ -25,6 +25,7 @@ import torch
 from nested_attention.nodes.recording import record_model
 
 from .evaluate import Toolkit, mean_se, personalised, sample
+from .figures import cell
 from .reader import SINGLE, read, shape_id
 from .world import BACKGROUNDS, POSITIONS, SHAPES_PER_CLASS, Identity, Scene, object_mask, subject_photo
 
@@ -94,9 +95,6 @@ def diagnose(kit: Toolkit, train_ids, held_out, results: Path, log: Callable[[st
 
 
 def diagnostics_markdown(report: dict) -> str:
-    def cell(value) -> str:
-        return f"{value[0]:.3f} ± {value[1]:.3f}"
-
     attention = report["word_attention"]
     lines = [
         "# Toy world: diagnostics",

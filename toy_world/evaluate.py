@@ -136,13 +136,7 @@ def single_subject_scores(
     log: Log = print,
 ) -> dict:
     """{(method, weight): {attribute: (mean, se), ..., "n": images}} and example images."""
-    rng = random.Random(seed)
-    jobs = []
-    for identity in identities:
-        photo = subject_photo(identity, rng)
-        for _ in range(prompts_per_identity):
-            scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
-            jobs.append((identity, photo, scene, rng.randrange(2**31)))
+    jobs = single_subject_jobs(identities, prompts_per_identity, seed)
     results, examples = {}, {}
     for method in methods:
         for weight in weights if method != "none" else (0.0,):
@@ -158,6 +152,19 @@ def single_subject_scores(
             identity, prompt = results[(method, weight)]["identity"], results[(method, weight)]["prompt"]
             log(f"{method} w={weight}: identity {identity[0]:.3f} ± {identity[1]:.3f}, prompt {prompt[0]:.3f}")
     return {"scores": results, "examples": examples}
+
+
+def single_subject_jobs(identities: Sequence[Identity], prompts: int, seed: int) -> list[tuple]:
+    """(identity, reference photo, scene, sampling seed) per image: one reference per identity, in
+    ``prompts`` scenes at random places on random backgrounds."""
+    rng = random.Random(seed)
+    jobs = []
+    for identity in identities:
+        photo = subject_photo(identity, rng)
+        for _ in range(prompts):
+            scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
+            jobs.append((identity, photo, scene, rng.randrange(2**31)))
+    return jobs
 
 
 def single_scores(reads: dict, identities: Sequence[Identity], scenes: Sequence[Scene]) -> dict:

@@ -32,6 +32,7 @@ error of the per-image difference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import tempfile
 from pathlib import Path
@@ -40,13 +41,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from nested_attention.nodes.adapter_runtime import load_adapter
 from nested_attention.nodes.encode import clip_features
 
 from .baselines import PATCH_CLASSES
-from .evaluate import Toolkit, mean_se, personalised, sample, single_hits
+from .evaluate import Toolkit, mean_se, personalised, sample, single_hits, single_subject_jobs
+from .figures import cell
 from .models import build_clip_vision
 from .pipeline import export_training_data, train_adapter
 from .reader import SINGLE, read, shape_id
@@ -64,7 +65,6 @@ from .world import (
     cells,
     object_mask,
     pattern_cells,
-    random_scene,
     shape_cells,
     subject_photo,
 )
@@ -111,18 +111,6 @@ def probe(train_ids: Sequence[Identity], held_out: Sequence[Identity], photos: i
                 hits = (linear(b).argmax(1) == test_y[:, column]).double().numpy()
             report[f"{pooling}/{name}"] = {"held_out": mean_se(hits), "chance": 1 / classes}
     return report
-
-
-def jobs_for(identities: Sequence[Identity], prompts: int, seed: int) -> list[tuple]:
-    """(identity, reference photo, scene, sampling seed) per image, as single_subject_scores draws them."""
-    rng = random.Random(seed)
-    jobs = []
-    for identity in identities:
-        photo = subject_photo(identity, rng)
-        for _ in range(prompts):
-            scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
-            jobs.append((identity, photo, scene, rng.randrange(2**31)))
-    return jobs
 
 
 def image_scores(kit: Toolkit, method: str, adapters: dict[Identity, Path], jobs: Sequence[tuple]) -> dict:
@@ -173,7 +161,7 @@ def explain(
 
 def recipe(kit, weights, train_ids, held_out, settings: dict, seed: int, log: Log, scratch: Path) -> dict:
     """Test 2: longer training, and projections started from the UNet's."""
-    eval_jobs = jobs_for(held_out[: settings["eval_identities"]], settings["eval_prompts"], seed + 7)
+    eval_jobs = single_subject_jobs(held_out[: settings["eval_identities"]], settings["eval_prompts"], seed + 7)
     data = export_training_data(scratch / "data", train_ids, settings["photos_per_identity"], seed)
     longer = dict(settings, adapter_steps=3 * settings["adapter_steps"])
     variants = {
@@ -209,7 +197,7 @@ def fit_one(method: str, folder: Path, weights: Path, settings: dict, seed: int,
 def fitted(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch: Path) -> dict:
     """Test 3: one adapter per held-out object, fitted to that object alone."""
     objects = held_out[: settings["fit_identities"]]
-    fit_jobs = jobs_for(objects, settings["fit_prompts"], seed + 13)
+    fit_jobs = single_subject_jobs(objects, settings["fit_prompts"], seed + 13)
     fit_hits = {}
     for method in ("nested", "single-token"):
         files = {}
@@ -272,36 +260,30 @@ def detail(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch:
     """Test 4: fitted adapters for objects with arbitrary detail cells; per-cell colour accuracy."""
     rng = random.Random(seed + 17)
     objects = [(identity, detail_mask(rng)) for identity in held_out[: settings["fit_identities"]]]
-    jobs = []
-    for identity, mask in objects:
+    jobs = []  # (object number, reference photo, scene, sampling seed)
+    for number, (identity, mask) in enumerate(objects):
         photo = detailed_image(Scene((identity,), rng.choice(list(BACKGROUNDS)), "center"), mask)
         for _ in range(settings["fit_prompts"]):
             scene = Scene((identity,), rng.choice(list(BACKGROUNDS)), rng.choice(list(POSITIONS)))
-            jobs.append((identity, mask, photo, scene, rng.randrange(2**31)))
+            jobs.append((number, photo, scene, rng.randrange(2**31)))
     scores: dict[str, list[float]] = {}
     for method in ("nested", "single-token"):
-        loaded = {}
+        loaded = []
         for number, (identity, mask) in enumerate(objects):
             place = scratch / f"detail_{method}_{number}"
-            folder = place / "data" / "object"
-            folder.mkdir(parents=True)
-            (folder / "word.txt").write_text(identity.word)
-            scenes = random.Random(seed + number)
-            for index in range(settings["fit_photos"]):
-                scene = random_scene(scenes, [identity], identity=identity)
-                Image.fromarray((detailed_image(scene, mask) * 255).astype(np.uint8)).save(folder / f"{index}.png")
-                (folder / f"{index}.txt").write_text(scene.caption)
-            path = fit_one(method, place / "data", weights, settings, seed, place)
-            loaded[number] = load_adapter(str(path), path.name)
+            draw = functools.partial(detailed_image, mask=mask)
+            folder = export_training_data(place / "data", [identity], settings["fit_photos"], seed, draw)
+            path = fit_one(method, folder, weights, settings, seed, place)
+            loaded.append(load_adapter(str(path), path.name))
         scores[method] = []
-        for identity, mask, photo, scene, sampling_seed in jobs:
-            number = next(n for n, (i, m) in enumerate(objects) if i == identity and m is mask)
+        for number, photo, scene, sampling_seed in jobs:
+            identity, mask = objects[number]
             with_adapter = dataclasses.replace(kit, adapters={method: loaded[number]})
             model = personalised(with_adapter, method, [(photo, identity.word)])
             scores[method].append(cell_hits(sample(kit, model, scene.caption, sampling_seed), scene, mask))
         log(f"detail, fitted {method}: cells {mean_se(scores[method])}")
-    inside = {identity: shape_cells(identity) for identity, _ in objects}
-    floor = [float(1 - mask[inside[identity]].mean()) for identity, mask, *_ in jobs]  # all cells one colour
+    # every cell in the body colour: right on the cells the mask leaves to the body
+    floor = [float(1 - objects[n][1][shape_cells(objects[n][0])].mean()) for n, *_ in jobs]
     return {
         "nested": {"cells": mean_se(scores["nested"]), "n": len(jobs)},
         "single-token": {"cells": mean_se(scores["single-token"]), "n": len(jobs)},
@@ -313,9 +295,6 @@ def detail(kit, weights, held_out, settings: dict, seed: int, log: Log, scratch:
 def markdown(report: dict, committed: dict) -> str:
     """explain.md: the tests in ``report`` beside the committed adapters' main-table numbers
     (``committed``: the run's results.json)."""
-
-    def cell(value) -> str:
-        return f"{value[0]:.3f} ± {value[1]:.3f}"
 
     lines = [
         "# Toy world: why nested attention does not beat a single token here",

@@ -97,12 +97,12 @@ def sweep_curve(sweep: dict, none: dict, path: Path) -> None:
         draw.text((x - 40, y - 7), f"{tick:.2f}", fill=(0, 0, 0), font=FONT)
     draw.text(((width - legend) // 2 - 90, height - 26), "identity (held-out subjects)", fill=(0, 0, 0), font=FONT)
     draw.text((8, 8), "prompt alignment", fill=(0, 0, 0), font=FONT)
-    methods = [m for m in COLOURS if any(key.split("@")[0] == m for key in sweep)]
+    methods = [m for m in COLOURS if series(sweep, m)]
     for number, method in enumerate(methods):
-        series = sorted((float(key.split("@")[1]), s) for key, s in sweep.items() if key.split("@")[0] == method)
-        line = [point(s["identity"][0], s["prompt"][0]) for _, s in series]
+        points = series(sweep, method)
+        line = [point(s["identity"][0], s["prompt"][0]) for _, s in points]
         draw.line(line, fill=COLOURS[method], width=2)
-        for (weight, s), (x, y) in zip(series, line):
+        for (weight, s), (x, y) in zip(points, line):
             left, _ = point(s["identity"][0] - s["identity"][1], s["prompt"][0])
             right, _ = point(s["identity"][0] + s["identity"][1], s["prompt"][0])
             _, low = point(s["identity"][0], s["prompt"][0] - s["prompt"][1])

@@ -29,7 +29,7 @@ from .evaluate import METHODS, load_kit, pairs_of, single_subject_scores, two_su
 from .models import ToyParts, build_vae, save_weights, vae_state
 from .reader import accuracy, train_reader
 from .train_base import latent_pool, train_base_model, train_vae
-from .world import random_scene, render, split_identities
+from .world import Scene, random_scene, render, split_identities
 
 ADAPTER_SETTINGS = dict(
     num_tokens=8,
@@ -124,9 +124,11 @@ def write_report(report: dict, results: Path) -> None:
     (results / "results.md").write_text(figures.markdown(report))
 
 
-def export_training_data(folder: Path, identities, photos: int, seed: int) -> Path:
-    """One folder per training identity: scenes of it with their captions, and its word (the
-    trainer's layout; word.txt binds each subject to its own class word)."""
+def export_training_data(
+    folder: Path, identities, photos: int, seed: int, draw: Callable[[Scene], np.ndarray] = render
+) -> Path:
+    """One folder per training identity: scenes of it (drawn by ``draw``) with their captions, and
+    its word (the trainer's layout; word.txt binds each subject to its own class word)."""
     rng = random.Random(seed + 3)
     for identity in identities:
         subject = folder / f"id_{identity.cls}_{identity.shape}_{identity.pattern}_{identity.palette}"
@@ -134,7 +136,7 @@ def export_training_data(folder: Path, identities, photos: int, seed: int) -> Pa
         (subject / "word.txt").write_text(identity.word)
         for number in range(photos):
             scene = random_scene(rng, identities, identity=identity)
-            Image.fromarray((render(scene) * 255).astype(np.uint8)).save(subject / f"{number}.png")
+            Image.fromarray((draw(scene) * 255).astype(np.uint8)).save(subject / f"{number}.png")
             (subject / f"{number}.txt").write_text(scene.caption)
     return folder
 
